@@ -1,0 +1,209 @@
+//! Copy-on-write layer: every write lands in a map of changed chunks above a read-only base.
+//!
+//! The base device is never written. The output stage walks [`CowDisk::changed_chunks`] to combine
+//! the base with what changed, so work is proportional to the edit, not to the image.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::device::{BlockDev, check_bounds};
+
+/// Granularity of the layer: one ext4 block, eight sectors.
+pub const CHUNK: usize = 4096;
+
+type Chunk = Box<[u8; CHUNK]>;
+
+#[derive(Default)]
+struct State {
+    chunks: BTreeMap<u64, Chunk>,
+    /// While a transaction is open: each touched chunk's state before it, `None` if it was clean.
+    undo: Option<HashMap<u64, Option<Chunk>>>,
+}
+
+/// A writable view of a read-only base device.
+pub struct CowDisk {
+    base: Arc<dyn BlockDev>,
+    state: Mutex<State>,
+}
+
+impl CowDisk {
+    /// Wrap `base`; nothing is copied until something is written.
+    pub fn new(base: Arc<dyn BlockDev>) -> Self {
+        Self {
+            base,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Size in bytes, equal to the base's: the layer never grows the disk.
+    pub fn len(&self) -> u64 {
+        self.base.len()
+    }
+
+    /// True for an empty base.
+    pub fn is_empty(&self) -> bool {
+        self.base.is_empty()
+    }
+
+    /// The device underneath, unchanged by anything written here.
+    pub fn base(&self) -> &Arc<dyn BlockDev> {
+        &self.base
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a chunk half-copied (copies happen on owned
+        // buffers before insertion), so the data behind a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Read `buf.len()` bytes at `offset`, seeing every write made so far.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_bounds(offset, buf.len(), self.len())?;
+        let state = self.lock();
+        if state.chunks.is_empty() {
+            return self.base.read_at(offset, buf);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let index = pos / CHUNK as u64;
+            let within = (pos % CHUNK as u64) as usize;
+            match state.chunks.get(&index) {
+                Some(chunk) => {
+                    let n = (CHUNK - within).min(buf.len() - done);
+                    buf[done..done + n].copy_from_slice(&chunk[within..within + n]);
+                    done += n;
+                }
+                None => {
+                    // Read the whole run of clean chunks up to the next changed one in one call.
+                    let next_dirty = state
+                        .chunks
+                        .range(index + 1..)
+                        .next()
+                        .map(|(i, _)| i * CHUNK as u64)
+                        .unwrap_or(u64::MAX);
+                    let n = ((next_dirty - pos) as usize).min(buf.len() - done);
+                    self.base.read_at(pos, &mut buf[done..done + n])?;
+                    done += n;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset` into the layer. Writing past the end of the base is an error.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        check_bounds(offset, data.len(), self.len())?;
+        let mut state = self.lock();
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let index = pos / CHUNK as u64;
+            let within = (pos % CHUNK as u64) as usize;
+            let n = (CHUNK - within).min(data.len() - done);
+            let State { chunks, undo } = &mut *state;
+            if let Some(undo) = undo {
+                undo.entry(index)
+                    .or_insert_with(|| chunks.get(&index).cloned());
+            }
+            let chunk = match chunks.entry(index) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let mut fresh: Chunk = Box::new([0u8; CHUNK]);
+                    let start = index * CHUNK as u64;
+                    let avail = (self.len() - start).min(CHUNK as u64) as usize;
+                    self.base.read_at(start, &mut fresh[..avail])?;
+                    e.insert(fresh)
+                }
+            };
+            chunk[within..within + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Start recording what each write replaces, so [`CowDisk::rollback`] can undo it.
+    pub fn begin(&self) {
+        self.lock().undo = Some(HashMap::new());
+    }
+
+    /// Keep everything written since [`CowDisk::begin`].
+    pub fn commit(&self) {
+        self.lock().undo = None;
+    }
+
+    /// Put every chunk written since [`CowDisk::begin`] back as it was.
+    pub fn rollback(&self) {
+        let mut state = self.lock();
+        if let Some(undo) = state.undo.take() {
+            for (index, before) in undo {
+                match before {
+                    Some(chunk) => state.chunks.insert(index, chunk),
+                    None => state.chunks.remove(&index),
+                };
+            }
+        }
+    }
+
+    /// Indices of chunks that differ from (or were written over) the base, ascending.
+    pub fn changed_chunks(&self) -> Vec<u64> {
+        self.lock().chunks.keys().copied().collect()
+    }
+
+    /// Bytes held by the layer.
+    pub fn changed_bytes(&self) -> u64 {
+        self.lock().chunks.len() as u64 * CHUNK as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::device::MemDev;
+
+    fn disk(len: usize) -> (CowDisk, Vec<u8>) {
+        let base: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        (CowDisk::new(Arc::new(MemDev(base.clone()))), base)
+    }
+
+    #[test]
+    fn writes_are_seen_and_base_is_untouched() {
+        let (cow, mut model) = disk(5 * CHUNK + 100);
+        let data = vec![0xAB; CHUNK + 10];
+        cow.write_at(CHUNK as u64 - 5, &data).unwrap();
+        model[CHUNK - 5..2 * CHUNK + 5].copy_from_slice(&data);
+        let mut back = vec![0; model.len()];
+        cow.read_at(0, &mut back).unwrap();
+        assert_eq!(back, model);
+        assert_eq!(cow.changed_chunks(), vec![0, 1, 2]);
+        let mut base = vec![0; model.len()];
+        cow.base().read_at(0, &mut base).unwrap();
+        assert_ne!(base, model, "the base must not have been written");
+    }
+
+    #[test]
+    fn a_partial_last_chunk_is_writable_and_the_end_is_a_wall() {
+        let (cow, _) = disk(2 * CHUNK + 100);
+        cow.write_at(2 * CHUNK as u64 + 90, &[1; 10]).unwrap();
+        assert!(cow.write_at(2 * CHUNK as u64 + 91, &[1; 10]).is_err());
+        let mut b = [0; 10];
+        cow.read_at(2 * CHUNK as u64 + 90, &mut b).unwrap();
+        assert_eq!(b, [1; 10]);
+    }
+
+    #[test]
+    fn rollback_restores_exactly_the_state_at_begin() {
+        let (cow, model) = disk(4 * CHUNK);
+        cow.write_at(10, &[9; 20]).unwrap();
+        let mut before = vec![0; model.len()];
+        cow.read_at(0, &mut before).unwrap();
+        cow.begin();
+        cow.write_at(0, &[1; 3 * CHUNK]).unwrap();
+        cow.rollback();
+        let mut after = vec![0; model.len()];
+        cow.read_at(0, &mut after).unwrap();
+        assert_eq!(before, after);
+        assert_eq!(cow.changed_chunks(), vec![0]);
+    }
+}

@@ -1,0 +1,175 @@
+//! Opening an image file: decode it if compressed, read its partition table, find boot and root.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::acquire::decompress::{self, Compression, DecodeError};
+
+use super::cow::CowDisk;
+use super::device::FileDev;
+use super::partition::{self, FsKind, Partition, PartitionError, PartitionTable};
+use super::region::Region;
+
+/// Why an image could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The path does not name a readable file.
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        /// The image path.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is compressed in a way pibake does not read, or the data is damaged.
+    #[error("{path}: {source}")]
+    Decode {
+        /// The image path.
+        path: PathBuf,
+        /// The decoding problem.
+        source: DecodeError,
+    },
+    /// The partition table is missing, damaged, or points outside the file.
+    #[error("{path}: {source}")]
+    Partition {
+        /// The image path.
+        path: PathBuf,
+        /// The table problem.
+        source: PartitionError,
+    },
+    /// No FAT partition to boot from.
+    #[error("{path}: no FAT boot partition found (partitions hold: {found})")]
+    NoBoot {
+        /// The image path.
+        path: PathBuf,
+        /// What each partition holds, for the message.
+        found: String,
+    },
+    /// No ext4 root partition.
+    #[error(
+        "{path}: no ext4 root filesystem: partition {index} holds {fs}, not ext4 (pibake edits Raspberry Pi OS images, whose second partition is ext4)"
+    )]
+    NoRoot {
+        /// The image path.
+        path: PathBuf,
+        /// The partition expected to be root.
+        index: u32,
+        /// What it holds instead.
+        fs: &'static str,
+    },
+}
+
+/// An opened image: the read-only base, the copy-on-write layer over it, and its partitions.
+pub struct Image {
+    /// The file the user named.
+    pub source: PathBuf,
+    /// How that file was compressed.
+    pub compression: Compression,
+    /// Base plus changes; the base file is never written.
+    pub disk: Arc<CowDisk>,
+    /// The partition table as read from the base.
+    pub table: PartitionTable,
+    /// The decoded copy of a compressed image, removed when the image is dropped.
+    _decoded: Option<tempfile::TempPath>,
+}
+
+impl Image {
+    /// Open `path` read-only, decoding a compressed image to a temporary sparse file first.
+    pub fn open(path: &Path) -> Result<Self, ImageError> {
+        Self::open_with_progress(path, &mut |_| {})
+    }
+
+    /// [`Image::open`], reporting decoded bytes to `progress` while a compressed image is decoded.
+    pub fn open_with_progress(
+        path: &Path,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Self, ImageError> {
+        let unreadable = |source| ImageError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        if meta.is_dir() {
+            return Err(unreadable(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "it is a directory",
+            )));
+        }
+        let decode_err = |source| ImageError::Decode {
+            path: path.to_path_buf(),
+            source,
+        };
+        let compression = decompress::detect(path).map_err(decode_err)?;
+        let (raw_path, decoded) = if compression == Compression::None {
+            (path.to_path_buf(), None)
+        } else {
+            let tmp = tempfile::Builder::new()
+                .prefix("pibake-decoded-")
+                .suffix(".img")
+                .tempfile()
+                .map_err(|e| decode_err(e.into()))?;
+            let (mut file, tmp_path) = tmp.into_parts();
+            decompress::decode_to(path, compression, &mut file, progress).map_err(decode_err)?;
+            (tmp_path.to_path_buf(), Some(tmp_path))
+        };
+        let base = FileDev::open(&raw_path).map_err(unreadable)?;
+        let disk = Arc::new(CowDisk::new(Arc::new(base)));
+        let whole = Region::new(disk.clone(), 0, disk.len(), false).map_err(unreadable)?;
+        let table = partition::read(&whole).map_err(|source| ImageError::Partition {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            source: path.to_path_buf(),
+            compression,
+            disk,
+            table,
+            _decoded: decoded,
+        })
+    }
+
+    /// The boot partition: the first FAT partition.
+    pub fn boot(&self) -> Result<&Partition, ImageError> {
+        self.table
+            .partitions
+            .iter()
+            .find(|p| p.fs == FsKind::Vfat)
+            .ok_or_else(|| ImageError::NoBoot {
+                path: self.source.clone(),
+                found: self.describe(),
+            })
+    }
+
+    /// The root partition: the first ext4 partition.
+    pub fn root(&self) -> Result<&Partition, ImageError> {
+        if let Some(p) = self.table.partitions.iter().find(|p| p.fs == FsKind::Ext4) {
+            return Ok(p);
+        }
+        // Name the partition a Raspberry Pi OS image would have its root on.
+        let expected = self
+            .table
+            .partitions
+            .iter()
+            .find(|p| p.index == 2)
+            .or(self.table.partitions.last());
+        Err(ImageError::NoRoot {
+            path: self.source.clone(),
+            index: expected.map_or(2, |p| p.index),
+            fs: expected.map_or("nothing", |p| p.fs.name()),
+        })
+    }
+
+    /// A view of partition `p`; `writable` views write into the copy-on-write layer.
+    pub fn region(&self, p: &Partition, writable: bool) -> std::io::Result<Region> {
+        Region::new(self.disk.clone(), p.offset(), p.bytes(), writable)
+    }
+
+    fn describe(&self) -> String {
+        self.table
+            .partitions
+            .iter()
+            .map(|p| format!("{}: {}", p.index, p.fs.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

@@ -1,0 +1,280 @@
+//! Partition tables (MBR as Raspberry Pi OS ships, GPT for custom images) and what each holds.
+
+use std::io;
+
+use serde::Serialize;
+
+use super::region::Region;
+
+/// Sector size of every image pibake reads: Raspberry Pi OS images use 512-byte sectors.
+pub const SECTOR: u64 = 512;
+
+/// Which kind of partition table the disk carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    /// DOS label, as every Raspberry Pi OS image has.
+    Mbr,
+    /// GUID partition table behind a protective MBR.
+    Gpt,
+}
+
+/// The filesystem found at the start of a partition, by its magic numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsKind {
+    /// FAT12/16/32 (the boot partition).
+    Vfat,
+    /// ext2/3/4 (the root partition).
+    Ext4,
+    /// Nothing pibake recognises.
+    Unknown,
+}
+
+impl FsKind {
+    /// Human name as shown by `inspect`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Vfat => "vfat",
+            FsKind::Ext4 => "ext4",
+            FsKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// One partition: where it is and what it holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Partition {
+    /// 1-based number, as in `/dev/mmcblk0p1`.
+    pub index: u32,
+    /// MBR type byte (`0x0c`) or GPT type GUID, lowercase.
+    #[serde(rename = "type")]
+    pub type_id: String,
+    /// First sector.
+    pub start: u64,
+    /// Length in sectors.
+    pub sectors: u64,
+    /// Filesystem found by probing the partition's first bytes.
+    pub fs: FsKind,
+    /// Filesystem label, when the filesystem has one.
+    pub label: Option<String>,
+    /// What `root=PARTUUID=` names: `<disk id>-NN` on MBR, the partition GUID on GPT.
+    pub partuuid: String,
+}
+
+impl Partition {
+    /// Byte offset of the first sector.
+    pub fn offset(&self) -> u64 {
+        self.start * SECTOR
+    }
+
+    /// Length in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.sectors * SECTOR
+    }
+}
+
+/// The disk's partition table.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionTable {
+    /// MBR or GPT.
+    #[serde(rename = "table")]
+    pub kind: TableKind,
+    /// MBR disk signature as 8 hex digits, or the GPT disk GUID.
+    pub disk_id: String,
+    /// Used entries, in table order.
+    pub partitions: Vec<Partition>,
+}
+
+/// Why a partition table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    /// The image is smaller than one sector.
+    #[error("the file is {0} bytes, too small to hold a partition table")]
+    TooSmall(u64),
+    /// No 0x55AA signature at byte 510.
+    #[error("no partition table: the boot signature 0x55AA is missing at byte 510 (is this a disk image?)")]
+    NoSignature,
+    /// The MBR exists but holds no partitions.
+    #[error("the partition table is empty")]
+    Empty,
+    /// A partition extends past the end of the file.
+    #[error(
+        "partition {index} ends at byte {end} but the image is only {len} bytes (truncated download or damaged table)"
+    )]
+    PastEnd {
+        /// Partition number.
+        index: u32,
+        /// Byte after its last sector.
+        end: u64,
+        /// Image length.
+        len: u64,
+    },
+    /// A GPT header or entry array that does not check out.
+    #[error("the GPT is unreadable: {0}")]
+    BadGpt(String),
+    /// The MBR is malformed.
+    #[error("the MBR is unreadable: {0}")]
+    BadMbr(String),
+    /// Reading the image failed.
+    #[error("reading the partition table: {0}")]
+    Io(#[from] io::Error),
+}
+
+const MBR_PROTECTIVE: u8 = 0xee;
+
+/// Read the partition table of `disk` (a region spanning the whole disk) and probe each partition.
+pub fn read(disk: &Region) -> Result<PartitionTable, PartitionError> {
+    let len = disk.len();
+    if len < SECTOR {
+        return Err(PartitionError::TooSmall(len));
+    }
+    let mut sector0 = [0u8; SECTOR as usize];
+    disk.read_at(0, &mut sector0)?;
+    if sector0[510..512] != [0x55, 0xaa] {
+        return Err(PartitionError::NoSignature);
+    }
+    let mut cursor = disk.clone();
+    let mbr = mbrman::MBR::read_from(&mut cursor, SECTOR as u32)
+        .map_err(|e| PartitionError::BadMbr(e.to_string()))?;
+    let protective = mbr.iter().any(|(_, p)| p.sys == MBR_PROTECTIVE);
+    let mut table = if protective {
+        read_gpt(disk)?
+    } else {
+        let disk_id = hex::encode(
+            mbr.header
+                .disk_signature
+                .iter()
+                .rev()
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let partitions = mbr
+            .iter()
+            .filter(|(_, p)| p.is_used())
+            .map(|(i, p)| Partition {
+                index: i as u32,
+                type_id: format!("0x{:02x}", p.sys),
+                start: u64::from(p.starting_lba),
+                sectors: u64::from(p.sectors),
+                fs: FsKind::Unknown,
+                label: None,
+                partuuid: format!("{disk_id}-{i:02}"),
+            })
+            .collect();
+        PartitionTable {
+            kind: TableKind::Mbr,
+            disk_id,
+            partitions,
+        }
+    };
+    if table.partitions.is_empty() {
+        return Err(PartitionError::Empty);
+    }
+    for p in &mut table.partitions {
+        let end = p.offset().saturating_add(p.bytes());
+        if end > len || p.sectors == 0 {
+            return Err(PartitionError::PastEnd {
+                index: p.index,
+                end,
+                len,
+            });
+        }
+        let (fs, label) = probe(disk, p.offset(), p.bytes())?;
+        p.fs = fs;
+        p.label = label;
+    }
+    Ok(table)
+}
+
+fn read_gpt(disk: &Region) -> Result<PartitionTable, PartitionError> {
+    let mut cursor = disk.clone();
+    let gpt = gptman::GPT::read_from(&mut cursor, SECTOR)
+        .map_err(|e| PartitionError::BadGpt(e.to_string()))?;
+    let partitions = gpt
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(i, p)| Partition {
+            index: i,
+            type_id: guid(&p.partition_type_guid),
+            start: p.starting_lba,
+            sectors: p.ending_lba.saturating_sub(p.starting_lba) + 1,
+            fs: FsKind::Unknown,
+            label: None,
+            partuuid: guid(&p.unique_partition_guid),
+        })
+        .collect();
+    Ok(PartitionTable {
+        kind: TableKind::Gpt,
+        disk_id: guid(&gpt.header.disk_guid),
+        partitions,
+    })
+}
+
+/// Format a GUID as stored on disk (first three fields little-endian) in its usual text form.
+fn guid(b: &[u8; 16]) -> String {
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}-{}",
+        b[3],
+        b[2],
+        b[1],
+        b[0],
+        b[5],
+        b[4],
+        b[7],
+        b[6],
+        hex::encode(&b[8..10]),
+        hex::encode(&b[10..16])
+    )
+}
+
+const EXT4_MAGIC_OFFSET: u64 = 1024 + 56;
+const EXT4_LABEL_OFFSET: u64 = 1024 + 120;
+
+/// Identify the filesystem at `offset` from its magic numbers and read its label.
+fn probe(disk: &Region, offset: u64, len: u64) -> io::Result<(FsKind, Option<String>)> {
+    if len >= 2048 {
+        let mut magic = [0u8; 2];
+        disk.read_at(offset + EXT4_MAGIC_OFFSET, &mut magic)?;
+        if u16::from_le_bytes(magic) == 0xef53 {
+            let mut label = [0u8; 16];
+            disk.read_at(offset + EXT4_LABEL_OFFSET, &mut label)?;
+            return Ok((FsKind::Ext4, text_label(&label)));
+        }
+    }
+    if len >= SECTOR {
+        let mut boot = [0u8; SECTOR as usize];
+        disk.read_at(offset, &mut boot)?;
+        if boot[510..512] == [0x55, 0xaa] {
+            // FAT32 keeps its type string and label further in than FAT12/16.
+            if &boot[82..87] == b"FAT32" {
+                return Ok((FsKind::Vfat, text_label(&boot[71..82])));
+            }
+            if &boot[54..57] == b"FAT" {
+                return Ok((FsKind::Vfat, text_label(&boot[43..54])));
+            }
+        }
+    }
+    Ok((FsKind::Unknown, None))
+}
+
+fn text_label(raw: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(raw);
+    let s = s.trim_end_matches(['\0', ' ']);
+    (!s.is_empty() && s != "NO NAME").then(|| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_text_matches_the_mixed_endian_layout() {
+        // Bytes of C12A7328-F81F-11D2-BA4B-00A0C93EC93B (the EFI system partition type) on disk.
+        let raw = [
+            0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
+            0xc9, 0x3b,
+        ];
+        assert_eq!(guid(&raw), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+    }
+}

@@ -1,0 +1,12 @@
+//! pibake: bake ready-to-flash Raspberry Pi OS images on the host, offline, without mounting.
+//!
+//! The pipeline, one module per stage: [`acquire`] gets a base image, [`disk`] opens it read-only
+//! under a copy-on-write layer and reads its partitions, [`fs`] reads and edits the FAT boot and
+//! ext4 root filesystems through one file-operations trait, [`facts`] derives what the image is,
+//! and [`cli`] is the command-line edge.
+
+pub mod acquire;
+pub mod cli;
+pub mod disk;
+pub mod facts;
+pub mod fs;
