@@ -1,1 +1,267 @@
-//! Facts about an image.
+//! Facts about an image, read from its files: which release, which network stack, which of the
+//! packages and files the roles branch on are present. Later stages decide from these, never from
+//! guesses, and say which fact decided.
+
+use serde::Serialize;
+
+use crate::fs::{FileOps, FsError, Kind};
+
+/// `/etc/os-release`, the fields pibake uses.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct OsRelease {
+    /// e.g. `Debian GNU/Linux 12 (bookworm)`.
+    pub pretty_name: String,
+    /// e.g. `bookworm`.
+    pub codename: String,
+    /// e.g. `12`.
+    pub version_id: String,
+    /// e.g. `debian`.
+    pub id: String,
+}
+
+impl OsRelease {
+    /// Parse the `KEY=value` lines of an os-release file (values optionally quoted).
+    pub fn parse(text: &str) -> Self {
+        let mut out = OsRelease::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches(['"', '\'']).to_string();
+            match key.trim() {
+                "PRETTY_NAME" => out.pretty_name = value,
+                "VERSION_CODENAME" => out.codename = value,
+                "VERSION_ID" => out.version_id = value,
+                "ID" => out.id = value,
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// What brings the network up on the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkStack {
+    /// dhcpcd (bullseye and older).
+    Dhcpcd,
+    /// NetworkManager (bookworm and later).
+    NetworkManager,
+    /// Neither could be identified.
+    Unknown,
+}
+
+/// How the image configures itself on first boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirstBoot {
+    /// cloud-init reading `user-data`/`meta-data`/`network-config` on the boot partition.
+    CloudInit,
+    /// raspberrypi-sys-mods' `firstboot` script named on `cmdline.txt`.
+    Firstboot,
+    /// Nothing recognised.
+    None,
+}
+
+/// Everything later stages branch on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Facts {
+    /// The OS release.
+    pub os: OsRelease,
+    /// The active network manager.
+    pub network_stack: NetworkStack,
+    /// Which evidence decided `network_stack`.
+    pub network_stack_reason: String,
+    /// The `dnsmasq` package (service and `/etc/dnsmasq.conf`) is installed.
+    pub dnsmasq: bool,
+    /// The `dnsmasq` binary is present (package `dnsmasq-base`).
+    pub dnsmasq_base: bool,
+    /// `iptables` is installed.
+    pub iptables: bool,
+    /// `nftables` (`nft`) is installed.
+    pub nftables: bool,
+    /// dhcpcd is installed as a service (`dhcpcd5`/`dhcpcd`), not just `dhcpcd-base`.
+    pub dhcpcd: bool,
+    /// NetworkManager is installed.
+    pub network_manager: bool,
+    /// `/etc/rc.local` exists.
+    pub rc_local: bool,
+    /// `/etc/sysctl.conf` exists.
+    pub sysctl_conf: bool,
+    /// cloud-init is installed or its seed files are on the boot partition.
+    pub cloud_init: bool,
+    /// `/lib` is a symlink to `usr/lib` (merged /usr).
+    pub merged_usr: bool,
+    /// Where `/etc/fstab` mounts the boot partition (`/boot/firmware` or `/boot`).
+    pub boot_mount: String,
+    /// The first-boot mechanism.
+    pub first_boot: FirstBoot,
+    /// Where packaged systemd units live (`/usr/lib/systemd/system` or `/lib/systemd/system`).
+    pub systemd_unit_dir: String,
+}
+
+/// Installed package names from a dpkg status file.
+pub fn installed_packages(status: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for stanza in status.split("\n\n") {
+        let mut name = None;
+        let mut installed = false;
+        for line in stanza.lines() {
+            if let Some(v) = line.strip_prefix("Package:") {
+                name = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("Status:") {
+                installed = v.split_whitespace().last() == Some("installed");
+            }
+        }
+        if let (Some(n), true) = (name, installed) {
+            out.insert(n);
+        }
+    }
+    out
+}
+
+fn read_text(fs: &mut dyn FileOps, path: &str) -> Result<Option<String>, FsError> {
+    match fs.read(path) {
+        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+        Err(FsError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn exists(fs: &mut dyn FileOps, path: &str) -> Result<bool, FsError> {
+    fs.exists(path)
+}
+
+/// Read the facts from the root and boot filesystems of an image.
+pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, FsError> {
+    let os = read_text(root, "/etc/os-release")?
+        .or(read_text(root, "/usr/lib/os-release")?)
+        .map(|t| OsRelease::parse(&t))
+        .unwrap_or_default();
+    let packages = read_text(root, "/var/lib/dpkg/status")?
+        .map(|t| installed_packages(&t))
+        .unwrap_or_default();
+    let has = |p: &str| packages.contains(p);
+
+    let dnsmasq = has("dnsmasq");
+    let dnsmasq_base = has("dnsmasq-base") || exists(root, "/usr/sbin/dnsmasq")?;
+    let iptables = has("iptables") || exists(root, "/usr/sbin/iptables")?;
+    let nftables = has("nftables") || exists(root, "/usr/sbin/nft")?;
+    let dhcpcd = has("dhcpcd5") || has("dhcpcd");
+    let network_manager = has("network-manager") || exists(root, "/usr/sbin/NetworkManager")?;
+
+    let wants = "/etc/systemd/system/multi-user.target.wants";
+    let (network_stack, network_stack_reason) =
+        if exists(root, &format!("{wants}/NetworkManager.service"))? {
+            (
+                NetworkStack::NetworkManager,
+                format!("NetworkManager.service is enabled ({wants})"),
+            )
+        } else if exists(root, &format!("{wants}/dhcpcd.service"))? {
+            (
+                NetworkStack::Dhcpcd,
+                format!("dhcpcd.service is enabled ({wants})"),
+            )
+        } else if network_manager {
+            (
+                NetworkStack::NetworkManager,
+                "network-manager is installed (no enabled network service found)".to_string(),
+            )
+        } else if dhcpcd {
+            (
+                NetworkStack::Dhcpcd,
+                "dhcpcd is installed (no enabled network service found)".to_string(),
+            )
+        } else {
+            (
+                NetworkStack::Unknown,
+                "neither NetworkManager nor dhcpcd is installed or enabled".to_string(),
+            )
+        };
+
+    let rc_local = exists(root, "/etc/rc.local")?;
+    let sysctl_conf = exists(root, "/etc/sysctl.conf")?;
+    let mut cloud_seed = false;
+    for f in ["/user-data", "/meta-data", "/network-config"] {
+        cloud_seed |= exists(boot, f)?;
+    }
+    let cloud_init = cloud_seed || has("cloud-init");
+    let merged_usr = matches!(root.stat("/lib"), Ok(s) if s.kind == Kind::Symlink);
+    let systemd_unit_dir = if merged_usr || exists(root, "/usr/lib/systemd/system")? {
+        "/usr/lib/systemd/system"
+    } else {
+        "/lib/systemd/system"
+    }
+    .to_string();
+
+    let boot_mount = read_text(root, "/etc/fstab")?
+        .and_then(|t| fstab_boot_mount(&t))
+        .unwrap_or_else(|| {
+            if os.codename == "bullseye" || os.codename == "buster" {
+                "/boot".into()
+            } else {
+                "/boot/firmware".into()
+            }
+        });
+
+    let cmdline = read_text(boot, "/cmdline.txt")?.unwrap_or_default();
+    let first_boot = if cloud_seed || cmdline.contains("ds=nocloud") {
+        FirstBoot::CloudInit
+    } else if cmdline.contains("firstboot") {
+        FirstBoot::Firstboot
+    } else {
+        FirstBoot::None
+    };
+
+    Ok(Facts {
+        os,
+        network_stack,
+        network_stack_reason,
+        dnsmasq,
+        dnsmasq_base,
+        iptables,
+        nftables,
+        dhcpcd,
+        network_manager,
+        rc_local,
+        sysctl_conf,
+        cloud_init,
+        merged_usr,
+        boot_mount,
+        first_boot,
+        systemd_unit_dir,
+    })
+}
+
+/// The mount point of the vfat entry in an fstab.
+fn fstab_boot_mount(fstab: &str) -> Option<String> {
+    fstab
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[2] == "vfat")
+        .map(|f| f[1].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_os_release_and_dpkg_status() {
+        let os = OsRelease::parse("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nVERSION_ID=\"12\"\nID=debian\n");
+        assert_eq!(os.codename, "bookworm");
+        assert_eq!(os.version_id, "12");
+        assert_eq!(os.pretty_name, "Debian GNU/Linux 12 (bookworm)");
+        let pk = installed_packages(
+            "Package: a\nStatus: install ok installed\n\nPackage: b\nStatus: deinstall ok config-files\n\nPackage: c\nStatus: install ok installed\n",
+        );
+        assert_eq!(pk.into_iter().collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(
+            fstab_boot_mount("proc /proc proc defaults 0 0\nPARTUUID=1-01  /boot/firmware  vfat    defaults 0 2\n"),
+            Some("/boot/firmware".into())
+        );
+    }
+}

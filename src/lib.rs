@@ -10,3 +10,4 @@ pub mod cli;
 pub mod disk;
 pub mod facts;
 pub mod fs;
+pub mod progress;

@@ -1,3 +1,133 @@
-//! The command-line edge.
-/// Entry point.
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The command-line edge: argument parsing, friendly errors and exit codes.
+//!
+//! Each subcommand lives in its own module with an `Args` struct and a `run` function; library
+//! errors are typed, and only here are they turned into messages and exit codes.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod progress;
+
+pub use progress::TermProgress;
+
+/// Exit code for bad input (a wrong image, recipe or argument): the user can fix it.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code for a failure inside pibake or the environment (I/O, bugs).
+pub const EXIT_INTERNAL: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "pibake",
+    version,
+    about = "Bake ready-to-flash Raspberry Pi OS images offline: no root, no mounts, no loop devices",
+    long_about = "pibake reads and edits Raspberry Pi OS images on the host, without mounting \
+                  them: the FAT boot partition and the ext4 root partition are changed in place \
+                  through a copy-on-write layer, so the input image is never modified.\n\n\
+                  Images may be raw (.img) or compressed (.img.xz, .img.zst, .img.gz)."
+)]
+struct Cli {
+    /// Show no progress bars or progress lines.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show an image's partitions, OS release and the facts later steps rely on.
+    Inspect(inspect::Args),
+    /// List a directory inside an image, e.g. `pibake ls raspios.img root:/etc`.
+    Ls(files::LsArgs),
+    /// Print a file inside an image, e.g. `pibake cat raspios.img root:/etc/os-release`.
+    Cat(files::CatArgs),
+}
+
+mod files;
+mod inspect;
+mod open;
+
+/// Shared by every subcommand: how to report progress.
+pub struct Ui {
+    /// Progress sink for long steps.
+    pub progress: Box<dyn crate::progress::Progress>,
+}
+
+/// Parse arguments, run the subcommand, and turn any error into a message and exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_BAD_INPUT)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let ui = Ui {
+        progress: if cli.quiet {
+            Box::new(crate::progress::Silent)
+        } else {
+            Box::new(TermProgress::new(std::io::stderr().is_terminal()))
+        },
+    };
+    let result = match &cli.command {
+        Command::Inspect(a) => inspect::run(a, &ui),
+        Command::Ls(a) => files::ls(a, &ui),
+        Command::Cat(a) => files::cat(a, &ui),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", message(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause already in the message.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
+/// Bad input is exit 2; anything else is exit 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(b) = cause.downcast_ref::<BadInput>() {
+            let _ = b;
+            return EXIT_BAD_INPUT;
+        }
+        if let Some(err) = cause.downcast_ref::<crate::disk::ImageError>() {
+            return if err.is_bad_input() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_INTERNAL
+            };
+        }
+        if let Some(err) = cause.downcast_ref::<crate::fs::FsError>() {
+            return if err.is_bad_input() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_INTERNAL
+            };
+        }
+    }
+    EXIT_INTERNAL
+}
+
+/// A problem with what the user asked for, raised at the CLI edge.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);

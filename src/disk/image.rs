@@ -59,6 +59,21 @@ pub enum ImageError {
     },
 }
 
+impl ImageError {
+    /// True when the image itself is at fault (as opposed to the machine pibake runs on).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            ImageError::Unreadable { source, .. } => {
+                source.kind() == std::io::ErrorKind::NotFound
+                    || source.kind() == std::io::ErrorKind::InvalidInput
+            }
+            ImageError::Decode { source, .. } => !matches!(source, DecodeError::Io(_)),
+            ImageError::Partition { source, .. } => !matches!(source, PartitionError::Io(_)),
+            ImageError::NoBoot { .. } | ImageError::NoRoot { .. } => true,
+        }
+    }
+}
+
 /// An opened image: the read-only base, the copy-on-write layer over it, and its partitions.
 pub struct Image {
     /// The file the user named.

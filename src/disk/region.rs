@@ -35,6 +35,25 @@ impl Region {
         })
     }
 
+    /// The same window, refusing writes: for reads that must not change anything.
+    pub fn read_only(&self) -> Self {
+        Self {
+            writable: false,
+            pos: 0,
+            ..self.clone()
+        }
+    }
+
+    /// True when writes reach the copy-on-write layer.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The disk this window is part of.
+    pub fn disk(&self) -> &Arc<CowDisk> {
+        &self.disk
+    }
+
     /// Size of the window in bytes.
     pub fn len(&self) -> u64 {
         self.len

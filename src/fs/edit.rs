@@ -1,0 +1,1 @@
+//! Text edits the roles need, built on [`super::FileOps`].
