@@ -10,4 +10,5 @@ pub mod cli;
 pub mod disk;
 pub mod facts;
 pub mod fs;
+pub mod output;
 pub mod progress;

@@ -146,6 +146,18 @@ impl CowDisk {
         }
     }
 
+    /// Indices of chunks written since [`CowDisk::begin`], ascending; empty outside a transaction.
+    pub fn touched(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .lock()
+            .undo
+            .as_ref()
+            .map(|u| u.keys().copied().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
     /// Indices of chunks that differ from (or were written over) the base, ascending.
     pub fn changed_chunks(&self) -> Vec<u64> {
         self.lock().chunks.keys().copied().collect()

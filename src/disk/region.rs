@@ -54,6 +54,11 @@ impl Region {
         &self.disk
     }
 
+    /// Byte offset of the window on the disk.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
     /// Size of the window in bytes.
     pub fn len(&self) -> u64 {
         self.len

@@ -1,0 +1,161 @@
+//! Shared by the integration tests: fixture images, and the independent tools that judge them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// The crate's root directory.
+pub fn root_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `pibake` binary built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pibake"))
+}
+
+/// Run `pibake` with `args`.
+pub fn pibake(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run pibake")
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// The fixture image for `release` (bullseye, bookworm, trixie, gpt), built on first use and kept
+/// under `target/fixtures`. Rebuilt when the generator script is newer than the image.
+pub fn fixture(release: &str) -> PathBuf {
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = root_dir().join("target/fixtures");
+    let img = dir.join(format!("{release}.img"));
+    let script = root_dir().join("tests/fixtures/build.sh");
+    let fresh = match (img.metadata(), script.metadata()) {
+        (Ok(i), Ok(s)) => i.modified().unwrap() >= s.modified().unwrap(),
+        _ => false,
+    };
+    if !fresh {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(release)
+            .arg(&dir)
+            .output()
+            .expect("run tests/fixtures/build.sh");
+        assert!(
+            out.status.success(),
+            "building fixture {release} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    img
+}
+
+/// What the fixture generator recorded about `release`.
+pub fn expect(release: &str) -> serde_json::Value {
+    fixture(release);
+    let p = root_dir().join(format!("target/fixtures/{release}.expect.json"));
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+/// The releases every fixture-wide test runs over.
+pub const RELEASES: [&str; 3] = ["bullseye", "bookworm", "trixie"];
+
+/// SHA-256 of a file, hex.
+pub fn sha256(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// Copy `len` bytes at `offset` of `image` into a new sparse file, for tools that want a bare
+/// filesystem.
+pub fn extract(image: &Path, offset: u64, len: u64, out: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut src = std::fs::File::open(image).unwrap();
+    src.seek(SeekFrom::Start(offset)).unwrap();
+    let mut dst = std::fs::File::create(out).unwrap();
+    dst.set_len(len).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        src.read_exact(&mut buf[..n]).unwrap();
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.seek(SeekFrom::Start(done)).unwrap();
+            dst.write_all(&buf[..n]).unwrap();
+        }
+        done += n as u64;
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} not runnable (is it installed?): {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `e2fsck -fn` must find nothing to fix.
+pub fn assert_e2fsck_clean(fs_image: &Path) {
+    let o = run("e2fsck", &["-fn", fs_image.to_str().unwrap()]);
+    assert!(o.status.success(), "e2fsck -fn found problems:\n{}", text(&o));
+}
+
+/// `fsck.vfat -n` must find nothing to fix.
+pub fn assert_fsck_vfat_clean(fs_image: &Path) {
+    let o = run("fsck.vfat", &["-n", fs_image.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(
+        o.status.success() && !t.contains("Dirty bit") && !t.to_lowercase().contains("free cluster summary wrong"),
+        "fsck.vfat -n found problems:\n{t}"
+    );
+}
+
+/// Run one debugfs request against an ext4 image; returns stdout.
+pub fn debugfs(fs_image: &Path, request: &str) -> String {
+    let o = run("debugfs", &["-R", request, fs_image.to_str().unwrap()]);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// File contents through debugfs `cat`.
+pub fn debugfs_cat(fs_image: &Path, path: &str) -> Vec<u8> {
+    let o = run("debugfs", &["-R", &format!("cat \"{path}\""), fs_image.to_str().unwrap()]);
+    o.stdout
+}
+
+/// Contents of `path` on a FAT filesystem image through mtools' `mtype`.
+pub fn mtype(fs_image: &Path, path: &str) -> Vec<u8> {
+    let o = Command::new("mtype")
+        .args(["-i", fs_image.to_str().unwrap(), &format!("::{path}")])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("mtype (mtools) not runnable");
+    assert!(o.status.success(), "mtype {path}: {}", text(&o));
+    o.stdout
+}
+
+/// Partition (start sector, sector count) from a fixture's expect.json.
+pub fn part(expect: &serde_json::Value, index: u64) -> (u64, u64) {
+    let p = expect["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["index"] == index)
+        .unwrap();
+    (p["start"].as_u64().unwrap() * 512, p["sectors"].as_u64().unwrap() * 512)
+}
