@@ -17,8 +17,9 @@ type Chunk = Box<[u8; CHUNK]>;
 #[derive(Default)]
 struct State {
     chunks: BTreeMap<u64, Chunk>,
-    /// While a transaction is open: each touched chunk's state before it, `None` if it was clean.
-    undo: Option<HashMap<u64, Option<Chunk>>>,
+    /// One map per open transaction, innermost last: each touched chunk's state before the
+    /// transaction began, `None` if it was clean.
+    undo: Vec<HashMap<u64, Option<Chunk>>>,
 }
 
 /// A writable view of a read-only base device.
@@ -103,7 +104,7 @@ impl CowDisk {
             let within = (pos % CHUNK as u64) as usize;
             let n = (CHUNK - within).min(data.len() - done);
             let State { chunks, undo } = &mut *state;
-            if let Some(undo) = undo {
+            if let Some(undo) = undo.last_mut() {
                 undo.entry(index)
                     .or_insert_with(|| chunks.get(&index).cloned());
             }
@@ -124,19 +125,28 @@ impl CowDisk {
     }
 
     /// Start recording what each write replaces, so [`CowDisk::rollback`] can undo it.
+    /// Transactions nest: an inner one commits into the one around it.
     pub fn begin(&self) {
-        self.lock().undo = Some(HashMap::new());
+        self.lock().undo.push(HashMap::new());
     }
 
-    /// Keep everything written since [`CowDisk::begin`].
+    /// Keep everything written since the matching [`CowDisk::begin`].
     pub fn commit(&self) {
-        self.lock().undo = None;
+        let mut state = self.lock();
+        if let Some(inner) = state.undo.pop() {
+            if let Some(outer) = state.undo.last_mut() {
+                // The outer transaction keeps the oldest state it saw of each chunk.
+                for (index, before) in inner {
+                    outer.entry(index).or_insert(before);
+                }
+            }
+        }
     }
 
-    /// Put every chunk written since [`CowDisk::begin`] back as it was.
+    /// Put every chunk written since the matching [`CowDisk::begin`] back as it was.
     pub fn rollback(&self) {
         let mut state = self.lock();
-        if let Some(undo) = state.undo.take() {
+        if let Some(undo) = state.undo.pop() {
             for (index, before) in undo {
                 match before {
                     Some(chunk) => state.chunks.insert(index, chunk),
@@ -151,7 +161,7 @@ impl CowDisk {
         let mut v: Vec<u64> = self
             .lock()
             .undo
-            .as_ref()
+            .last()
             .map(|u| u.keys().copied().collect())
             .unwrap_or_default();
         v.sort_unstable();
@@ -217,5 +227,28 @@ mod tests {
         cow.read_at(0, &mut after).unwrap();
         assert_eq!(before, after);
         assert_eq!(cow.changed_chunks(), vec![0]);
+    }
+
+    #[test]
+    fn nested_transactions_commit_inward_and_roll_back_outward() {
+        let (cow, model) = disk(4 * CHUNK);
+        cow.begin();
+        cow.write_at(0, &[1; 10]).unwrap();
+        cow.begin();
+        cow.write_at(0, &[2; 10]).unwrap();
+        cow.write_at(2 * CHUNK as u64, &[3; 10]).unwrap();
+        cow.commit();
+        cow.begin();
+        cow.write_at(CHUNK as u64, &[4; 10]).unwrap();
+        cow.rollback();
+        let mut b = [0u8; 10];
+        cow.read_at(0, &mut b).unwrap();
+        assert_eq!(b, [2; 10]);
+        assert_eq!(cow.changed_chunks(), vec![0, 2]);
+        cow.rollback();
+        let mut all = vec![0; model.len()];
+        cow.read_at(0, &mut all).unwrap();
+        assert_eq!(all, model);
+        assert!(cow.changed_chunks().is_empty());
     }
 }

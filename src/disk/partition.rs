@@ -93,7 +93,9 @@ pub enum PartitionError {
     #[error("the file is {0} bytes, too small to hold a partition table")]
     TooSmall(u64),
     /// No 0x55AA signature at byte 510.
-    #[error("no partition table: the boot signature 0x55AA is missing at byte 510 (is this a disk image?)")]
+    #[error(
+        "no partition table: the boot signature 0x55AA is missing at byte 510 (is this a disk image?)"
+    )]
     NoSignature,
     /// The MBR exists but holds no partitions.
     #[error("the partition table is empty")]

@@ -18,7 +18,9 @@ pub enum EditError {
         anchor: String,
     },
     /// Only one of a block's two markers is present: the file was edited by hand.
-    #[error("{path}: the pibake block `{name}` has a BEGIN marker without its END (or the reverse); fix the file by hand")]
+    #[error(
+        "{path}: the pibake block `{name}` has a BEGIN marker without its END (or the reverse); fix the file by hand"
+    )]
     BrokenMarkers {
         /// The file.
         path: String,
@@ -39,7 +41,10 @@ pub enum EditError {
 }
 
 fn markers(name: &str) -> (String, String) {
-    (format!("# BEGIN pibake {name}"), format!("# END pibake {name}"))
+    (
+        format!("# BEGIN pibake {name}"),
+        format!("# END pibake {name}"),
+    )
 }
 
 /// Insert or replace the block `name` holding `body` in `text`.
@@ -72,13 +77,14 @@ pub fn managed_block(
             let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
             match anchor {
                 Some(a) => {
-                    let at = lines.iter().rposition(|l| l.trim() == a.trim()).ok_or_else(|| {
-                        EditError::AnchorNotFound {
+                    let at = lines
+                        .iter()
+                        .rposition(|l| l.trim() == a.trim())
+                        .ok_or_else(|| EditError::AnchorNotFound {
                             path: path.to_string(),
                             name: name.to_string(),
                             anchor: a.to_string(),
-                        }
-                    })?;
+                        })?;
                     v.splice(at..at, block);
                 }
                 None => v.extend(block),
@@ -213,7 +219,9 @@ pub fn enable_unit(fs: &mut dyn FileOps, unit: &str, meta: Meta) -> Result<Vec<S
         reason,
     };
     if unit.contains('/') || unit.contains("@.") {
-        return Err(unit_err("only plain unit names (no paths or templates) can be enabled".into()));
+        return Err(unit_err(
+            "only plain unit names (no paths or templates) can be enabled".into(),
+        ));
     }
     // On merged-/usr images /lib is a symlink to usr/lib, so the /usr/lib path is the real one.
     let mut found = None;
@@ -231,9 +239,8 @@ pub fn enable_unit(fs: &mut dyn FileOps, unit: &str, meta: Meta) -> Result<Vec<S
             Err(e) => return Err(e.into()),
         }
     }
-    let unit_path = found.ok_or_else(|| {
-        unit_err(format!("no unit file in {}", UNIT_DIRS.join(", ")))
-    })?;
+    let unit_path =
+        found.ok_or_else(|| unit_err(format!("no unit file in {}", UNIT_DIRS.join(", "))))?;
     let text = String::from_utf8_lossy(&fs.read(&unit_path)?).into_owned();
     let mut links = Vec::new();
     let mut in_install = false;
@@ -260,11 +267,19 @@ pub fn enable_unit(fs: &mut dyn FileOps, unit: &str, meta: Meta) -> Result<Vec<S
         }
     }
     if links.is_empty() {
-        return Err(unit_err(format!("{unit_path} has no [Install] section with WantedBy=, RequiredBy= or Alias=")));
+        return Err(unit_err(format!(
+            "{unit_path} has no [Install] section with WantedBy=, RequiredBy= or Alias="
+        )));
     }
     for link in &links {
         if let Some((dir, _)) = link.rsplit_once('/') {
-            fs.mkdir_p(dir, Meta { mode: 0o755, ..meta })?;
+            fs.mkdir_p(
+                dir,
+                Meta {
+                    mode: 0o755,
+                    ..meta
+                },
+            )?;
         }
         let current = match fs.stat(link) {
             Ok(st) if st.kind == Kind::Symlink => Some(fs.read_link(link)?),
@@ -287,14 +302,32 @@ mod tests {
 
     #[test]
     fn managed_block_goes_before_the_anchor_and_is_replaced_not_duplicated() {
-        let once = managed_block("/etc/rc.local", RC_LOCAL, "nat", "iptables-restore < /etc/iptables.ipv4.nat", Some("exit 0")).unwrap();
+        let once = managed_block(
+            "/etc/rc.local",
+            RC_LOCAL,
+            "nat",
+            "iptables-restore < /etc/iptables.ipv4.nat",
+            Some("exit 0"),
+        )
+        .unwrap();
         assert!(once.ends_with("# BEGIN pibake nat\niptables-restore < /etc/iptables.ipv4.nat\n# END pibake nat\nexit 0\n"), "{once}");
-        let twice = managed_block("/etc/rc.local", &once, "nat", "iptables-restore < /etc/iptables.ipv4.nat", Some("exit 0")).unwrap();
+        let twice = managed_block(
+            "/etc/rc.local",
+            &once,
+            "nat",
+            "iptables-restore < /etc/iptables.ipv4.nat",
+            Some("exit 0"),
+        )
+        .unwrap();
         assert_eq!(once, twice);
-        let changed = managed_block("/etc/rc.local", &once, "nat", "echo hi", Some("exit 0")).unwrap();
+        let changed =
+            managed_block("/etc/rc.local", &once, "nat", "echo hi", Some("exit 0")).unwrap();
         assert_eq!(changed.matches("# BEGIN pibake nat").count(), 1);
         assert!(changed.contains("echo hi") && !changed.contains("iptables-restore"));
-        assert_eq!(remove_block("/etc/rc.local", &changed, "nat").unwrap(), RC_LOCAL);
+        assert_eq!(
+            remove_block("/etc/rc.local", &changed, "nat").unwrap(),
+            RC_LOCAL
+        );
     }
 
     #[test]
@@ -307,14 +340,20 @@ mod tests {
             managed_block("/f", "# BEGIN pibake x\na\n", "x", "b", None),
             Err(EditError::BrokenMarkers { .. })
         ));
-        assert_eq!(managed_block("/f", "", "x", "b", None).unwrap(), "# BEGIN pibake x\nb\n# END pibake x\n");
+        assert_eq!(
+            managed_block("/f", "", "x", "b", None).unwrap(),
+            "# BEGIN pibake x\nb\n# END pibake x\n"
+        );
     }
 
     #[test]
     fn set_key_uncomments_or_replaces_or_appends() {
         let conf = "# comment\n#net.ipv4.ip_forward=1\n#net.ipv6.conf.all.forwarding=1\n";
         let once = set_key(conf, "net.ipv4.ip_forward", "1");
-        assert_eq!(once, "# comment\nnet.ipv4.ip_forward=1\n#net.ipv6.conf.all.forwarding=1\n");
+        assert_eq!(
+            once,
+            "# comment\nnet.ipv4.ip_forward=1\n#net.ipv6.conf.all.forwarding=1\n"
+        );
         assert_eq!(set_key(&once, "net.ipv4.ip_forward", "1"), once);
         assert_eq!(
             set_key("net.ipv4.ip_forward = 0\n", "net.ipv4.ip_forward", "1"),

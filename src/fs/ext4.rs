@@ -285,13 +285,14 @@ impl Ext4 {
         }
         let disk = self.region.disk().clone();
         disk.begin();
-        let result = Filesystem::mount_with_runtime(Arc::new(self.region.clone()), self.runtime.clone())
-            .map_err(|e| ext4_err("mount", path, e))
-            .and_then(|fs| {
-                let value = f(&fs)?;
-                fs.finish().map_err(|e| ext4_err(op, path, e))?;
-                Ok(value)
-            });
+        let result =
+            Filesystem::mount_with_runtime(Arc::new(self.region.clone()), self.runtime.clone())
+                .map_err(|e| ext4_err("mount", path, e))
+                .and_then(|fs| {
+                    let value = f(&fs)?;
+                    fs.finish().map_err(|e| ext4_err(op, path, e))?;
+                    Ok(value)
+                });
         match result {
             Ok(v) => {
                 disk.commit();
@@ -364,7 +365,9 @@ impl Ext4 {
             FsError::NotFound(_) => FsError::NotFound(path.to_string()),
             other => other,
         })?;
-        let inode = fs.stat_ino(dir.ino).map_err(|e| ext4_err("stat", path, e))?;
+        let inode = fs
+            .stat_ino(dir.ino)
+            .map_err(|e| ext4_err("stat", path, e))?;
         if !inode.is_dir() {
             return Err(FsError::NotADirectory(path.to_string()));
         }
@@ -521,7 +524,9 @@ impl FileOps for Ext4 {
                         Kind::Dir => return Err(FsError::IsADirectory(path.to_string())),
                         _ => return Err(FsError::AlreadyExists(path.to_string())),
                     }
-                    let old = fs.stat_ino(target.ino).map_err(|e| ext4_err("stat", path, e))?;
+                    let old = fs
+                        .stat_ino(target.ino)
+                        .map_err(|e| ext4_err("stat", path, e))?;
                     let old_blocks = old.size.div_ceil(u64::from(fs.sb.block_size()));
                     let want = (data.len() as u64)
                         .saturating_sub(old_blocks * u64::from(fs.sb.block_size()));

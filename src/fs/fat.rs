@@ -91,7 +91,10 @@ fn from_fat_time(t: DateTime) -> i64 {
         u32::from(t.date.month),
         u32::from(t.date.day),
     );
-    days * 86_400 + i64::from(t.time.hour) * 3600 + i64::from(t.time.min) * 60 + i64::from(t.time.sec)
+    days * 86_400
+        + i64::from(t.time.hour) * 3600
+        + i64::from(t.time.min) * 60
+        + i64::from(t.time.sec)
 }
 
 /// The FAT boot partition of an image.
@@ -158,7 +161,11 @@ impl Fat {
 
     /// The volume label from the boot sector.
     pub fn label(&self) -> Result<String, FsError> {
-        Ok(self.mount(false, self.clock)?.volume_label().trim_end().to_string())
+        Ok(self
+            .mount(false, self.clock)?
+            .volume_label()
+            .trim_end()
+            .to_string())
     }
 
     /// Bytes free on the partition.
@@ -303,7 +310,12 @@ impl FileOps for Fat {
         for entry in dir.iter() {
             let entry = entry.map_err(|e| io_err(path, e))?;
             let name = entry.file_name();
-            if name == "." || name == ".." || entry.attributes().contains(fatfs::FileAttributes::VOLUME_ID) {
+            if name == "."
+                || name == ".."
+                || entry
+                    .attributes()
+                    .contains(fatfs::FileAttributes::VOLUME_ID)
+            {
                 continue;
             }
             out.push(Entry {
@@ -427,7 +439,8 @@ fn repair_dot_entries(region: &Region) -> Result<(), FsError> {
             region.read_at(off - start, &mut head)?;
             let e = |i: usize| &head[i * DIR_ENTRY..(i + 1) * DIR_ENTRY];
             let is_lfn = |x: &[u8]| x[11] == ATTR_LFN;
-            let is_named_dir = |x: &[u8], name: &[u8; 11]| &x[..11] == name && x[11] & ATTR_DIR != 0;
+            let is_named_dir =
+                |x: &[u8], name: &[u8; 11]| &x[..11] == name && x[11] & ATTR_DIR != 0;
             if is_lfn(e(0))
                 && is_named_dir(e(1), b".          ")
                 && is_lfn(e(2))
@@ -463,7 +476,11 @@ mod tests {
         for t in [315_532_800i64, 1_700_000_000, 951_782_400, 4_107_542_398] {
             assert_eq!(from_fat_time(to_fat_time(t)), t, "{t}");
         }
-        assert_eq!(from_fat_time(to_fat_time(0)), 315_532_800, "clamped to 1980");
+        assert_eq!(
+            from_fat_time(to_fat_time(0)),
+            315_532_800,
+            "clamped to 1980"
+        );
         let d = to_fat_time(1_700_000_000); // 2023-11-14 22:13:20 UTC
         assert_eq!((d.date.year, d.date.month, d.date.day), (2023, 11, 14));
         assert_eq!((d.time.hour, d.time.min, d.time.sec), (22, 13, 20));

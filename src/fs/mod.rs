@@ -109,7 +109,9 @@ pub enum FsError {
     #[error("{0}: too many levels of symbolic links")]
     SymlinkLoop(String),
     /// Not enough free space for the edit; nothing was written.
-    #[error("{partition} partition is full: {path} needs about {needed} bytes but only {free} are free")]
+    #[error(
+        "{partition} partition is full: {path} needs about {needed} bytes but only {free} are free"
+    )]
     NoSpace {
         /// `root` or `boot`.
         partition: &'static str,
@@ -132,7 +134,7 @@ pub enum FsError {
     HasErrors,
     /// ext4 features pibake cannot write safely.
     #[error(
-        "the root filesystem uses features pibake cannot write safely: {0} (see `pibake inspect` and docs/ext4-support.md)"
+        "the root filesystem uses features pibake cannot write safely: {0} (see \"ext4 support\" in the README; reading such images still works)"
     )]
     UnsupportedFeatures(String),
     /// The FAT boot sector is not valid.

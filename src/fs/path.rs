@@ -29,7 +29,9 @@ pub fn components(path: &str) -> Result<Vec<&str>, FsError> {
                     return Err(invalid("`..` climbs above the partition's root"));
                 }
             }
-            name if name.len() > NAME_MAX => return Err(invalid("a name is longer than 255 bytes")),
+            name if name.len() > NAME_MAX => {
+                return Err(invalid("a name is longer than 255 bytes"));
+            }
             name => out.push(name),
         }
     }

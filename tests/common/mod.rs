@@ -113,7 +113,11 @@ fn text(o: &Output) -> String {
 /// `e2fsck -fn` must find nothing to fix.
 pub fn assert_e2fsck_clean(fs_image: &Path) {
     let o = run("e2fsck", &["-fn", fs_image.to_str().unwrap()]);
-    assert!(o.status.success(), "e2fsck -fn found problems:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "e2fsck -fn found problems:\n{}",
+        text(&o)
+    );
 }
 
 /// `fsck.vfat -n` must find nothing to fix.
@@ -121,7 +125,9 @@ pub fn assert_fsck_vfat_clean(fs_image: &Path) {
     let o = run("fsck.vfat", &["-n", fs_image.to_str().unwrap()]);
     let t = text(&o);
     assert!(
-        o.status.success() && !t.contains("Dirty bit") && !t.to_lowercase().contains("free cluster summary wrong"),
+        o.status.success()
+            && !t.contains("Dirty bit")
+            && !t.to_lowercase().contains("free cluster summary wrong"),
         "fsck.vfat -n found problems:\n{t}"
     );
 }
@@ -134,7 +140,10 @@ pub fn debugfs(fs_image: &Path, request: &str) -> String {
 
 /// File contents through debugfs `cat`.
 pub fn debugfs_cat(fs_image: &Path, path: &str) -> Vec<u8> {
-    let o = run("debugfs", &["-R", &format!("cat \"{path}\""), fs_image.to_str().unwrap()]);
+    let o = run(
+        "debugfs",
+        &["-R", &format!("cat \"{path}\""), fs_image.to_str().unwrap()],
+    );
     o.stdout
 }
 
@@ -157,5 +166,8 @@ pub fn part(expect: &serde_json::Value, index: u64) -> (u64, u64) {
         .iter()
         .find(|p| p["index"] == index)
         .unwrap();
-    (p["start"].as_u64().unwrap() * 512, p["sectors"].as_u64().unwrap() * 512)
+    (
+        p["start"].as_u64().unwrap() * 512,
+        p["sectors"].as_u64().unwrap() * 512,
+    )
 }
