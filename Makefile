@@ -33,10 +33,16 @@ ifeq ($(FULL),1)
 	fi
 endif
 
-# The main job on the built-in demo image: inspect the bookworm fixture.
+# The main job on the built-in demo image: bake a cluster master from the bookworm fixture with
+# the example recipe, then look at the result.
+DEMO_OUT := target/demo/master.img
 demo: fixtures
-	$(CARGO) run --release --quiet -- inspect $(FIXTURES)/bookworm.img
-	$(CARGO) run --release --quiet -- cat $(FIXTURES)/bookworm.img root:/etc/os-release
+	@mkdir -p target/demo
+	$(CARGO) build --release --quiet
+	./target/release/pibake plan examples/master.toml
+	SOURCE_DATE_EPOCH=1735689600 ./target/release/pibake build examples/master.toml -o $(DEMO_OUT)
+	./target/release/pibake inspect $(DEMO_OUT)
+	./target/release/pibake cat $(DEMO_OUT) root:/etc/nftables.conf
 
 bench:
 	@$(MAKE) --no-print-directory fixtures FULL=1

@@ -6,9 +6,14 @@
 //! and [`cli`] is the command-line edge.
 
 pub mod acquire;
+pub mod apply;
+pub mod bake;
 pub mod cli;
 pub mod disk;
 pub mod facts;
 pub mod fs;
 pub mod output;
+pub mod overlay;
+pub mod plan;
 pub mod progress;
+pub mod recipe;

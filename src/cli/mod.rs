@@ -43,8 +43,13 @@ enum Command {
     Ls(files::LsArgs),
     /// Print a file inside an image, e.g. `pibake cat raspios.img root:/etc/os-release`.
     Cat(files::CatArgs),
+    /// Show what `build` would do: the facts found, the stack chosen and why, every file operation.
+    Plan(bake::PlanArgs),
+    /// Build a configured image from a recipe and a base image, with a manifest.
+    Build(bake::BuildArgs),
 }
 
+mod bake;
 mod files;
 mod inspect;
 mod open;
@@ -79,6 +84,8 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a, &ui),
         Command::Ls(a) => files::ls(a, &ui),
         Command::Cat(a) => files::cat(a, &ui),
+        Command::Plan(a) => bake::plan(a, &ui),
+        Command::Build(a) => bake::build(a, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +122,26 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             } else {
                 EXIT_INTERNAL
             };
+        }
+        let bad = if let Some(e) = cause.downcast_ref::<crate::recipe::RecipeError>() {
+            Some(e.line > 0)
+        } else if cause
+            .downcast_ref::<crate::recipe::RecipeReadError>()
+            .is_some()
+            || cause.downcast_ref::<crate::bake::NoBase>().is_some()
+        {
+            Some(true)
+        } else if let Some(e) = cause.downcast_ref::<crate::plan::PlanError>() {
+            Some(e.is_bad_input())
+        } else if let Some(e) = cause.downcast_ref::<crate::apply::ApplyError>() {
+            Some(e.is_bad_input())
+        } else if let Some(e) = cause.downcast_ref::<crate::overlay::OverlayError>() {
+            Some(e.is_bad_input())
+        } else {
+            None
+        };
+        if let Some(bad) = bad {
+            return if bad { EXIT_BAD_INPUT } else { EXIT_INTERNAL };
         }
         if let Some(err) = cause.downcast_ref::<crate::fs::FsError>() {
             return if err.is_bad_input() {

@@ -211,9 +211,18 @@ const UNIT_DIRS: [&str; 3] = [
     "/lib/systemd/system",
 ];
 
+/// The symlinks that enable a unit, and whether any had to be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enabled {
+    /// Every link path, in `[Install]` order.
+    pub links: Vec<String>,
+    /// True if at least one link was created or corrected.
+    pub changed: bool,
+}
+
 /// Enable `unit` offline as `systemctl enable` would: one symlink per `WantedBy=`/`RequiredBy=`
-/// target and per `Alias=`, pointing at the unit file. Returns the links, in the order made.
-pub fn enable_unit(fs: &mut dyn FileOps, unit: &str, meta: Meta) -> Result<Vec<String>, EditError> {
+/// target and per `Alias=`, pointing at the unit file.
+pub fn enable_unit(fs: &mut dyn FileOps, unit: &str, meta: Meta) -> Result<Enabled, EditError> {
     let unit_err = |reason: String| EditError::Unit {
         unit: unit.to_string(),
         reason,
@@ -271,15 +280,16 @@ pub fn enable_unit(fs: &mut dyn FileOps, unit: &str, meta: Meta) -> Result<Vec<S
             "{unit_path} has no [Install] section with WantedBy=, RequiredBy= or Alias="
         )));
     }
+    let mut changed = false;
     for link in &links {
         if let Some((dir, _)) = link.rsplit_once('/') {
-            fs.mkdir_p(
-                dir,
-                Meta {
+            if !fs.exists(dir)? {
+                let dir_meta = Meta {
                     mode: 0o755,
                     ..meta
-                },
-            )?;
+                };
+                fs.mkdir_p(dir, dir_meta)?;
+            }
         }
         let current = match fs.stat(link) {
             Ok(st) if st.kind == Kind::Symlink => Some(fs.read_link(link)?),
@@ -289,9 +299,10 @@ pub fn enable_unit(fs: &mut dyn FileOps, unit: &str, meta: Meta) -> Result<Vec<S
         };
         if current.as_deref() != Some(unit_path.as_str()) {
             fs.symlink(link, &unit_path, meta)?;
+            changed = true;
         }
     }
-    Ok(links)
+    Ok(Enabled { links, changed })
 }
 
 #[cfg(test)]

@@ -254,6 +254,10 @@ impl Fat {
 }
 
 impl FileOps for Fat {
+    fn has_ownership(&self) -> bool {
+        false
+    }
+
     fn stat(&mut self, path: &str) -> Result<Stat, FsError> {
         if components(path)?.is_empty() {
             return Ok(Stat {

@@ -201,6 +201,11 @@ pub trait FileOps {
     /// Change mode, owner and mtime of an existing object.
     fn set_meta(&mut self, path: &str, meta: Meta) -> Result<(), FsError>;
 
+    /// Whether the filesystem stores modes and owners (ext4) or not (FAT).
+    fn has_ownership(&self) -> bool {
+        true
+    }
+
     /// True if something exists at `path` (not following a final symlink).
     fn exists(&mut self, path: &str) -> Result<bool, FsError> {
         match self.stat(path) {

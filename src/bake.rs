@@ -1,0 +1,202 @@
+//! The whole job: open the base, read its facts, plan, apply, write the output and its manifest.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::disk::Image;
+use crate::facts::{self, Facts};
+use crate::fs::ext4::Ext4;
+use crate::fs::fat::Fat;
+use crate::overlay::Overlay;
+use crate::plan::{self, Plan, StackChoice};
+use crate::progress::Progress;
+use crate::recipe::{self, Validated};
+
+/// What a build or plan needs to know beyond the recipe.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The recipe file.
+    pub recipe: PathBuf,
+    /// Base image overriding the recipe's `[image] base`.
+    pub base: Option<String>,
+    /// `--stack`.
+    pub stack: StackChoice,
+    /// Extra overlay directories, applied after the role's.
+    pub overlays: Vec<PathBuf>,
+    /// Timestamp for everything written; `None` = recipe, then `SOURCE_DATE_EPOCH`, then now.
+    pub epoch: Option<i64>,
+}
+
+/// Inputs resolved and opened, ready to plan against.
+pub struct Prepared {
+    /// The validated recipe.
+    pub recipe: Validated,
+    /// The base image path.
+    pub base: PathBuf,
+    /// The opened image (copy-on-write over the base).
+    pub image: Image,
+    /// The root filesystem, writable into the layer.
+    pub root: Ext4,
+    /// The boot filesystem, writable into the layer.
+    pub boot: Fat,
+    /// What the image is.
+    pub facts: Facts,
+    /// The plan.
+    pub plan: Plan,
+    /// Where the epoch came from, for the manifest.
+    pub epoch_source: String,
+    /// The recipe file.
+    pub recipe_path: PathBuf,
+}
+
+/// No base image named anywhere.
+#[derive(Debug, thiserror::Error)]
+#[error("no base image: give --base IMAGE or set `base` under [image] in the recipe")]
+pub struct NoBase;
+
+fn epoch(opts: &Options, v: &Validated) -> anyhow::Result<(i64, String)> {
+    if let Some(e) = opts.epoch {
+        return Ok((e, "--epoch".into()));
+    }
+    if let Some(e) = v.recipe.build.epoch {
+        return Ok((e, "recipe [build] epoch".into()));
+    }
+    if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
+        let e = s.trim().parse::<i64>().map_err(|_| {
+            crate::cli::BadInput(format!(
+                "SOURCE_DATE_EPOCH={s:?} is not a number of seconds"
+            ))
+        })?;
+        return Ok((e, "SOURCE_DATE_EPOCH".into()));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok((
+        now,
+        "the current time (set SOURCE_DATE_EPOCH for reproducible builds)".into(),
+    ))
+}
+
+/// Read the recipe, open the base, read facts and make the plan. Nothing is written.
+pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepared> {
+    let v = recipe::load(&opts.recipe)?;
+    let base_name = opts
+        .base
+        .clone()
+        .or_else(|| v.recipe.image.base.clone())
+        .ok_or(NoBase)?;
+    let base = resolve_base(&base_name, &opts.recipe);
+    let (epoch, epoch_source) = epoch(opts, &v)?;
+    let mut started = false;
+    let image = Image::open_with_progress(&base, &mut |done| {
+        if !started {
+            progress.begin("decoding base", None);
+            started = true;
+        }
+        progress.set(done);
+    })?;
+    if started {
+        progress.end();
+    }
+    let root_part = image.root()?.clone();
+    let boot_part = image.boot()?.clone();
+    let mut root = Ext4::open(
+        image.region(&root_part, true).context("root partition")?,
+        epoch,
+    )?;
+    let mut boot = Fat::open(
+        image.region(&boot_part, true).context("boot partition")?,
+        epoch,
+    )?;
+    let facts = facts::gather(&mut root, &mut boot)?;
+    let mut overlays = vec![Overlay::built_in(v.recipe.node.role.get_ref())?];
+    for dir in &opts.overlays {
+        overlays.push(Overlay::from_dir(dir)?);
+    }
+    let plan = plan::make(&v, &facts, &overlays, opts.stack, epoch, &mut root)?;
+    Ok(Prepared {
+        recipe: v,
+        base,
+        image,
+        root,
+        boot,
+        facts,
+        plan,
+        epoch_source,
+        recipe_path: opts.recipe.clone(),
+    })
+}
+
+/// A relative base path in the recipe is relative to the recipe's directory.
+fn resolve_base(name: &str, recipe: &Path) -> PathBuf {
+    let p = PathBuf::from(name);
+    if p.is_absolute() || p.exists() {
+        return p;
+    }
+    match recipe.parent() {
+        Some(dir) if dir.join(&p).exists() => dir.join(p),
+        _ => p,
+    }
+}
+
+/// What `build` produced.
+#[derive(Debug)]
+pub struct Built {
+    /// The image written.
+    pub output: crate::output::raw::Written,
+    /// The manifest written beside it.
+    pub manifest: PathBuf,
+    /// Operations that changed something.
+    pub changed: usize,
+    /// All operations.
+    pub total: usize,
+}
+
+/// Apply the plan and write `out` plus `out.manifest.json`.
+pub fn build(mut p: Prepared, out: &Path, progress: &dyn Progress) -> anyhow::Result<Built> {
+    let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+    let output = crate::output::raw::write(&p.image.disk, out, progress)?;
+    let base_sha = sha256_file(&p.base).with_context(|| format!("hashing {}", p.base.display()))?;
+    let manifest = json!({
+        "pibake": env!("CARGO_PKG_VERSION"),
+        "inputs": {
+            "base": { "path": p.base, "sha256": base_sha, "compression": p.image.compression },
+            "recipe": { "path": p.recipe_path, "content": recipe::redacted(&p.recipe.recipe) },
+            "stack": p.plan.stack,
+            "epoch": p.plan.epoch,
+            "epoch_source": p.epoch_source,
+        },
+        "plan": p.plan.redacted_json(),
+        "changed_operations": report.iter().filter(|c| **c).count(),
+        "outputs": [ { "path": output.path, "bytes": output.bytes, "sha256": output.sha256 } ],
+    });
+    let manifest_path = PathBuf::from(format!("{}.manifest.json", out.display()));
+    let text = serde_json::to_string_pretty(&manifest)?;
+    let tmp = tempfile::NamedTempFile::new_in(
+        manifest_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
+    std::fs::write(tmp.path(), text + "\n")?;
+    tmp.persist(&manifest_path).map_err(|e| e.error)?;
+    Ok(Built {
+        output,
+        manifest: manifest_path,
+        changed: report.iter().filter(|c| **c).count(),
+        total: report.len(),
+    })
+}
+
+/// SHA-256 of a file, hex, streamed.
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
