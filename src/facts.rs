@@ -251,7 +251,9 @@ mod tests {
 
     #[test]
     fn parses_os_release_and_dpkg_status() {
-        let os = OsRelease::parse("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nVERSION_ID=\"12\"\nID=debian\n");
+        let os = OsRelease::parse(
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nVERSION_ID=\"12\"\nID=debian\n",
+        );
         assert_eq!(os.codename, "bookworm");
         assert_eq!(os.version_id, "12");
         assert_eq!(os.pretty_name, "Debian GNU/Linux 12 (bookworm)");
@@ -260,7 +262,9 @@ mod tests {
         );
         assert_eq!(pk.into_iter().collect::<Vec<_>>(), ["a", "c"]);
         assert_eq!(
-            fstab_boot_mount("proc /proc proc defaults 0 0\nPARTUUID=1-01  /boot/firmware  vfat    defaults 0 2\n"),
+            fstab_boot_mount(
+                "proc /proc proc defaults 0 0\nPARTUUID=1-01  /boot/firmware  vfat    defaults 0 2\n"
+            ),
             Some("/boot/firmware".into())
         );
     }

@@ -9,7 +9,9 @@ use crate::fs::{Entry, FileOps, Kind, Stat};
 
 /// Arguments of `pibake ls`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  pibake ls raspios.img root:/etc/systemd/system\n  pibake ls raspios.img.xz boot:/")]
+#[command(
+    after_help = "Examples:\n  pibake ls raspios.img root:/etc/systemd/system\n  pibake ls raspios.img.xz boot:/"
+)]
 pub struct LsArgs {
     /// Image to read (raw or compressed); never modified.
     pub image: PathBuf,
@@ -22,7 +24,9 @@ pub struct LsArgs {
 
 /// Arguments of `pibake cat`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  pibake cat raspios.img root:/etc/os-release\n  pibake cat raspios.img boot:/cmdline.txt")]
+#[command(
+    after_help = "Examples:\n  pibake cat raspios.img root:/etc/os-release\n  pibake cat raspios.img boot:/cmdline.txt"
+)]
 pub struct CatArgs {
     /// Image to read (raw or compressed); never modified.
     pub image: PathBuf,
@@ -102,8 +106,7 @@ pub fn ls(args: &LsArgs, ui: &Ui) -> anyhow::Result<()> {
     let image = open::image(&args.image, ui)?;
     let mut fs = filesystem(&image, part)?;
     let st = fs.stat(path)?;
-    let is_dir = st.kind == Kind::Dir
-        || (st.kind == Kind::Symlink && fs.list(path).is_ok());
+    let is_dir = st.kind == Kind::Dir || (st.kind == Kind::Symlink && fs.list(path).is_ok());
     let mut entries: Vec<(Entry, Option<String>)> = Vec::new();
     if is_dir {
         for e in fs.list(path)? {
@@ -116,7 +119,11 @@ pub fn ls(args: &LsArgs, ui: &Ui) -> anyhow::Result<()> {
             entries.push((e, target));
         }
     } else {
-        let target = if st.kind == Kind::Symlink { Some(fs.read_link(path)?) } else { None };
+        let target = if st.kind == Kind::Symlink {
+            Some(fs.read_link(path)?)
+        } else {
+            None
+        };
         let name = path.rsplit('/').next().unwrap_or(path).to_string();
         entries.push((Entry { name, stat: st }, target));
     }
@@ -169,7 +176,15 @@ mod tests {
         assert!(parse_target("/etc").is_err());
         assert!(parse_target("home:/x").is_err());
         assert!(parse_target("boot:x").is_err());
-        let st = |kind, mode| Stat { kind, mode, uid: 0, gid: 0, size: 0, mtime: 0, nlink: 1 };
+        let st = |kind, mode| Stat {
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            nlink: 1,
+        };
         assert_eq!(mode_string(&st(Kind::File, 0o4755)), "-rwsr-xr-x");
         assert_eq!(mode_string(&st(Kind::Dir, 0o1777)), "drwxrwxrwt");
         assert_eq!(mode_string(&st(Kind::Symlink, 0o777)), "lrwxrwxrwx");

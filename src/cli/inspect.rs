@@ -11,7 +11,9 @@ use crate::facts::{self, Facts, OsRelease};
 
 /// Arguments of `pibake inspect`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  pibake inspect 2025-05-13-raspios-bookworm-arm64-lite.img.xz\n  pibake inspect golden.img --json | jq .facts")]
+#[command(
+    after_help = "Examples:\n  pibake inspect 2025-05-13-raspios-bookworm-arm64-lite.img.xz\n  pibake inspect golden.img --json | jq .facts"
+)]
 pub struct Args {
     /// Image to read: raw .img, or compressed .img.xz / .img.zst / .img.gz. Never modified.
     pub image: PathBuf,
@@ -145,8 +147,16 @@ fn render(r: &Report) -> String {
     let _ = writeln!(
         o,
         "os          {} (codename {})",
-        if r.os.pretty_name.is_empty() { "unknown" } else { &r.os.pretty_name },
-        if r.os.codename.is_empty() { "unknown" } else { &r.os.codename }
+        if r.os.pretty_name.is_empty() {
+            "unknown"
+        } else {
+            &r.os.pretty_name
+        },
+        if r.os.codename.is_empty() {
+            "unknown"
+        } else {
+            &r.os.codename
+        }
     );
     let stack = match f.network_stack {
         crate::facts::NetworkStack::Dhcpcd => "dhcpcd",
@@ -160,7 +170,10 @@ fn render(r: &Report) -> String {
     };
     let _ = writeln!(o, "facts");
     let rows: [(&str, String); 13] = [
-        ("network stack", format!("{stack} ({})", f.network_stack_reason)),
+        (
+            "network stack",
+            format!("{stack} ({})", f.network_stack_reason),
+        ),
         ("dnsmasq", yes(f.dnsmasq).into()),
         ("dnsmasq-base", yes(f.dnsmasq_base).into()),
         ("iptables", yes(f.iptables).into()),
@@ -172,7 +185,14 @@ fn render(r: &Report) -> String {
         ("first boot", first_boot.into()),
         ("merged /usr", yes(f.merged_usr).into()),
         ("boot mounted at", f.boot_mount.clone()),
-        ("PARTUUIDs", if r.partuuids_consistent { "consistent with cmdline.txt and fstab".into() } else { "cmdline.txt or fstab names another disk".into() }),
+        (
+            "PARTUUIDs",
+            if r.partuuids_consistent {
+                "consistent with cmdline.txt and fstab".into()
+            } else {
+                "cmdline.txt or fstab names another disk".into()
+            },
+        ),
     ];
     for (k, v) in rows {
         let _ = writeln!(o, "  {k:<18}{v}");
