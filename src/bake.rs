@@ -49,6 +49,8 @@ pub struct Prepared {
     pub epoch_source: String,
     /// The recipe file.
     pub recipe_path: PathBuf,
+    /// Extra overlay directories used.
+    pub overlay_dirs: Vec<PathBuf>,
 }
 
 /// No base image named anywhere.
@@ -128,6 +130,7 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         plan,
         epoch_source,
         recipe_path: opts.recipe.clone(),
+        overlay_dirs: opts.overlays.clone(),
     })
 }
 
@@ -158,14 +161,18 @@ pub struct Built {
 
 /// Apply the plan and write `out` plus `out.manifest.json`.
 pub fn build(mut p: Prepared, out: &Path, progress: &dyn Progress) -> anyhow::Result<Built> {
-    let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
-    let output = crate::output::raw::write(&p.image.disk, out, progress)?;
+    let (report, output) = apply_and_write(&mut p, out, progress)?;
     let base_sha = sha256_file(&p.base).with_context(|| format!("hashing {}", p.base.display()))?;
     let manifest = json!({
         "pibake": env!("CARGO_PKG_VERSION"),
         "inputs": {
             "base": { "path": p.base, "sha256": base_sha, "compression": p.image.compression },
-            "recipe": { "path": p.recipe_path, "content": recipe::redacted(&p.recipe.recipe) },
+            "recipe": {
+                "path": p.recipe_path,
+                "sha256": sha256_file(&p.recipe_path)?,
+                "content": recipe::redacted(&p.recipe.recipe),
+            },
+            "overlays": p.overlay_dirs,
             "stack": p.plan.stack,
             "epoch": p.plan.epoch,
             "epoch_source": p.epoch_source,
@@ -192,6 +199,17 @@ pub fn build(mut p: Prepared, out: &Path, progress: &dyn Progress) -> anyhow::Re
     })
 }
 
+/// Apply the plan into the copy-on-write layer and write the result to `out`.
+fn apply_and_write(
+    p: &mut Prepared,
+    out: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<(crate::apply::Report, crate::output::raw::Written)> {
+    let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+    let written = crate::output::raw::write(&p.image.disk, out, progress)?;
+    Ok((report, written))
+}
+
 /// SHA-256 of a file, hex, streamed.
 fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
@@ -199,4 +217,89 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// Why `verify` could not even try.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The manifest is not one pibake wrote.
+    #[error("{path}: not a pibake manifest ({what})")]
+    BadManifest {
+        /// The manifest path.
+        path: PathBuf,
+        /// What is missing.
+        what: String,
+    },
+    /// An input changed since the manifest was written.
+    #[error("{what} changed since the build: sha256 {actual}, the manifest recorded {expected}")]
+    InputChanged {
+        /// Which input.
+        what: String,
+        /// Recorded.
+        expected: String,
+        /// Now.
+        actual: String,
+    },
+}
+
+/// The outcome of `verify`.
+#[derive(Debug)]
+pub struct Verified {
+    /// sha256 the manifest recorded for the output.
+    pub expected: String,
+    /// sha256 of the rebuild.
+    pub actual: String,
+}
+
+/// Rebuild what `manifest` describes and compare the result's sha256 with the one recorded.
+pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verified> {
+    let text = std::fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let bad = |what: &str| VerifyError::BadManifest {
+        path: manifest.to_path_buf(),
+        what: what.to_string(),
+    };
+    let m: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&format!("not JSON: {e}")))?;
+    let s = |v: &serde_json::Value, what: &str| v.as_str().map(str::to_string).ok_or_else(|| bad(what));
+    let inputs = &m["inputs"];
+    let base = PathBuf::from(s(&inputs["base"]["path"], "inputs.base.path")?);
+    let recipe = PathBuf::from(s(&inputs["recipe"]["path"], "inputs.recipe.path")?);
+    for (what, path, recorded) in [
+        ("the base image", &base, &inputs["base"]["sha256"]),
+        ("the recipe", &recipe, &inputs["recipe"]["sha256"]),
+    ] {
+        let expected = s(recorded, "input sha256")?;
+        let actual = sha256_file(path).with_context(|| format!("reading {what} {}", path.display()))?;
+        if actual != expected {
+            return Err(VerifyError::InputChanged { what: format!("{what} {}", path.display()), expected, actual }.into());
+        }
+    }
+    let stack = match s(&inputs["stack"], "inputs.stack")?.as_str() {
+        "classic" => StackChoice::Classic,
+        "modern" => StackChoice::Modern,
+        _ => StackChoice::Auto,
+    };
+    let overlays = inputs["overlays"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(PathBuf::from)).collect())
+        .unwrap_or_default();
+    let epoch = inputs["epoch"].as_i64().ok_or_else(|| bad("inputs.epoch"))?;
+    let expected = s(&m["outputs"][0]["sha256"], "outputs[0].sha256")?;
+    let out_path = PathBuf::from(s(&m["outputs"][0]["path"], "outputs[0].path")?);
+    let opts = Options {
+        recipe,
+        base: Some(base.display().to_string()),
+        stack,
+        overlays,
+        epoch: Some(epoch),
+    };
+    let prepared = prepare(&opts, progress)?;
+    // Rebuild beside the original so the comparison never depends on a temp filesystem's space.
+    let dir = out_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().prefix(".pibake-verify-").suffix(".img").tempfile_in(dir)?;
+    let mut p = prepared;
+    let (_, written) = apply_and_write(&mut p, tmp.path(), progress)?;
+    Ok(Verified {
+        expected,
+        actual: written.sha256,
+    })
 }

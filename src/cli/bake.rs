@@ -92,3 +92,26 @@ pub fn build(args: &BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Arguments of `pibake verify`.
+#[derive(clap::Args)]
+#[command(after_help = "Rebuilds from the inputs the manifest records (base, recipe, stack, overlays, epoch)\nand exits 0 only if the result is byte-identical to the recorded output.")]
+pub struct VerifyArgs {
+    /// A manifest written by `pibake build` (OUT.manifest.json).
+    pub manifest: PathBuf,
+}
+
+/// Run `pibake verify`.
+pub fn verify(args: &VerifyArgs, ui: &Ui) -> anyhow::Result<()> {
+    let v = bake::verify(&args.manifest, ui.progress.as_ref())?;
+    if v.actual == v.expected {
+        eprintln!("reproduced: sha256 {}", v.actual);
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "not reproducible: the rebuild has sha256 {}, the manifest records {}",
+            v.actual,
+            v.expected
+        ))
+    }
+}

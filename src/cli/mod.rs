@@ -47,6 +47,8 @@ enum Command {
     Plan(bake::PlanArgs),
     /// Build a configured image from a recipe and a base image, with a manifest.
     Build(bake::BuildArgs),
+    /// Rebuild what a manifest describes and check the result is byte-identical.
+    Verify(bake::VerifyArgs),
 }
 
 mod bake;
@@ -86,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Cat(a) => files::cat(a, &ui),
         Command::Plan(a) => bake::plan(a, &ui),
         Command::Build(a) => bake::build(a, &ui),
+        Command::Verify(a) => bake::verify(a, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +132,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             .downcast_ref::<crate::recipe::RecipeReadError>()
             .is_some()
             || cause.downcast_ref::<crate::bake::NoBase>().is_some()
+            || cause.downcast_ref::<crate::bake::VerifyError>().is_some()
         {
             Some(true)
         } else if let Some(e) = cause.downcast_ref::<crate::plan::PlanError>() {
