@@ -17,13 +17,13 @@ pub struct ApplyError {
     /// `overlay#entry`.
     pub origin: String,
     /// What went wrong.
-    pub source: EditError,
+    pub source: Box<EditError>,
 }
 
 impl ApplyError {
     /// True when the image or recipe is at fault.
     pub fn is_bad_input(&self) -> bool {
-        match &self.source {
+        match self.source.as_ref() {
             EditError::Fs(e) => e.is_bad_input(),
             _ => true,
         }
@@ -49,7 +49,7 @@ pub fn apply(
             partition: name,
             path: op.path.clone(),
             origin: op.origin.clone(),
-            source,
+            source: Box::new(source),
         })?;
         report.push(changed);
     }

@@ -253,13 +253,16 @@ pub struct Verified {
 
 /// Rebuild what `manifest` describes and compare the result's sha256 with the one recorded.
 pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verified> {
-    let text = std::fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
     let bad = |what: &str| VerifyError::BadManifest {
         path: manifest.to_path_buf(),
         what: what.to_string(),
     };
-    let m: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&format!("not JSON: {e}")))?;
-    let s = |v: &serde_json::Value, what: &str| v.as_str().map(str::to_string).ok_or_else(|| bad(what));
+    let m: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(&format!("not JSON: {e}")))?;
+    let s =
+        |v: &serde_json::Value, what: &str| v.as_str().map(str::to_string).ok_or_else(|| bad(what));
     let inputs = &m["inputs"];
     let base = PathBuf::from(s(&inputs["base"]["path"], "inputs.base.path")?);
     let recipe = PathBuf::from(s(&inputs["recipe"]["path"], "inputs.recipe.path")?);
@@ -268,9 +271,15 @@ pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verifi
         ("the recipe", &recipe, &inputs["recipe"]["sha256"]),
     ] {
         let expected = s(recorded, "input sha256")?;
-        let actual = sha256_file(path).with_context(|| format!("reading {what} {}", path.display()))?;
+        let actual =
+            sha256_file(path).with_context(|| format!("reading {what} {}", path.display()))?;
         if actual != expected {
-            return Err(VerifyError::InputChanged { what: format!("{what} {}", path.display()), expected, actual }.into());
+            return Err(VerifyError::InputChanged {
+                what: format!("{what} {}", path.display()),
+                expected,
+                actual,
+            }
+            .into());
         }
     }
     let stack = match s(&inputs["stack"], "inputs.stack")?.as_str() {
@@ -280,9 +289,15 @@ pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verifi
     };
     let overlays = inputs["overlays"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(PathBuf::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(PathBuf::from))
+                .collect()
+        })
         .unwrap_or_default();
-    let epoch = inputs["epoch"].as_i64().ok_or_else(|| bad("inputs.epoch"))?;
+    let epoch = inputs["epoch"]
+        .as_i64()
+        .ok_or_else(|| bad("inputs.epoch"))?;
     let expected = s(&m["outputs"][0]["sha256"], "outputs[0].sha256")?;
     let out_path = PathBuf::from(s(&m["outputs"][0]["path"], "outputs[0].path")?);
     let opts = Options {
@@ -294,8 +309,14 @@ pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verifi
     };
     let prepared = prepare(&opts, progress)?;
     // Rebuild beside the original so the comparison never depends on a temp filesystem's space.
-    let dir = out_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new().prefix(".pibake-verify-").suffix(".img").tempfile_in(dir)?;
+    let dir = out_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".pibake-verify-")
+        .suffix(".img")
+        .tempfile_in(dir)?;
     let mut p = prepared;
     let (_, written) = apply_and_write(&mut p, tmp.path(), progress)?;
     Ok(Verified {

@@ -95,7 +95,9 @@ pub fn build(args: &BuildArgs, ui: &Ui) -> anyhow::Result<()> {
 
 /// Arguments of `pibake verify`.
 #[derive(clap::Args)]
-#[command(after_help = "Rebuilds from the inputs the manifest records (base, recipe, stack, overlays, epoch)\nand exits 0 only if the result is byte-identical to the recorded output.")]
+#[command(
+    after_help = "Rebuilds from the inputs the manifest records (base, recipe, stack, overlays, epoch)\nand exits 0 only if the result is byte-identical to the recorded output."
+)]
 pub struct VerifyArgs {
     /// A manifest written by `pibake build` (OUT.manifest.json).
     pub manifest: PathBuf,

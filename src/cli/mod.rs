@@ -112,50 +112,40 @@ fn message(e: &anyhow::Error) -> String {
     out
 }
 
-/// Bad input is exit 2; anything else is exit 1.
+/// Bad input is exit 2; anything else is exit 1. The first cause in the chain that knows which
+/// it is decides.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if let Some(b) = cause.downcast_ref::<BadInput>() {
-            let _ = b;
-            return EXIT_BAD_INPUT;
-        }
-        if let Some(err) = cause.downcast_ref::<crate::disk::ImageError>() {
-            return if err.is_bad_input() {
-                EXIT_BAD_INPUT
-            } else {
-                EXIT_INTERNAL
-            };
-        }
-        let bad = if let Some(e) = cause.downcast_ref::<crate::recipe::RecipeError>() {
-            Some(e.line > 0)
-        } else if cause
-            .downcast_ref::<crate::recipe::RecipeReadError>()
-            .is_some()
-            || cause.downcast_ref::<crate::bake::NoBase>().is_some()
-            || cause.downcast_ref::<crate::bake::VerifyError>().is_some()
-        {
-            Some(true)
-        } else if let Some(e) = cause.downcast_ref::<crate::plan::PlanError>() {
-            Some(e.is_bad_input())
-        } else if let Some(e) = cause.downcast_ref::<crate::apply::ApplyError>() {
-            Some(e.is_bad_input())
-        } else if let Some(e) = cause.downcast_ref::<crate::overlay::OverlayError>() {
-            Some(e.is_bad_input())
-        } else {
-            None
-        };
-        if let Some(bad) = bad {
+        if let Some(bad) = classify(cause) {
             return if bad { EXIT_BAD_INPUT } else { EXIT_INTERNAL };
-        }
-        if let Some(err) = cause.downcast_ref::<crate::fs::FsError>() {
-            return if err.is_bad_input() {
-                EXIT_BAD_INPUT
-            } else {
-                EXIT_INTERNAL
-            };
         }
     }
     EXIT_INTERNAL
+}
+
+/// Whether one error in a chain is the user's input (Some(true)), pibake's (Some(false)), or
+/// says nothing either way (None).
+fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    macro_rules! by_method {
+        ($($t:ty),*) => {$(
+            if let Some(e) = cause.downcast_ref::<$t>() {
+                return Some(e.is_bad_input());
+            }
+        )*};
+    }
+    by_method!(
+        crate::disk::ImageError,
+        crate::fs::FsError,
+        crate::plan::PlanError,
+        crate::apply::ApplyError,
+        crate::overlay::OverlayError
+    );
+    let always_bad = cause.is::<BadInput>()
+        || cause.is::<crate::recipe::RecipeError>()
+        || cause.is::<crate::recipe::RecipeReadError>()
+        || cause.is::<crate::bake::NoBase>()
+        || cause.is::<crate::bake::VerifyError>();
+    always_bad.then_some(true)
 }
 
 /// A problem with what the user asked for, raised at the CLI edge.
