@@ -110,7 +110,7 @@ pub enum FsError {
     SymlinkLoop(String),
     /// Not enough free space for the edit; nothing was written.
     #[error(
-        "{partition} partition is full: {path} needs about {needed} bytes but only {free} are free"
+        "{partition} partition is full: {}", no_space_detail(path, *needed, *free)
     )]
     NoSpace {
         /// `root` or `boot`.
@@ -163,6 +163,14 @@ pub enum FsError {
     /// Reading or writing the image failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+fn no_space_detail(path: &str, needed: u64, free: u64) -> String {
+    if needed == 0 {
+        format!("no room left for {path}")
+    } else {
+        format!("{path} needs about {needed} bytes but only {free} are free")
+    }
 }
 
 impl FsError {
