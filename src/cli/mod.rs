@@ -49,10 +49,19 @@ enum Command {
     Build(bake::BuildArgs),
     /// Rebuild what a manifest describes and check the result is byte-identical.
     Verify(bake::VerifyArgs),
+    /// Download, verify and decode a base image; print the path of the raw image.
+    Fetch(fetch::Args),
+    /// The Raspberry Pi OS list (`pibake os list`).
+    Os(os::Args),
+    /// The download and image cache (`pibake cache ls|clean`).
+    Cache(cache::Args),
 }
 
 mod bake;
+pub mod cache;
+pub mod fetch;
 mod files;
+pub mod os;
 mod inspect;
 mod open;
 
@@ -89,6 +98,9 @@ pub fn main() -> ExitCode {
         Command::Plan(a) => bake::plan(a, &ui),
         Command::Build(a) => bake::build(a, &ui),
         Command::Verify(a) => bake::verify(a, &ui),
+        Command::Fetch(a) => fetch::run(a, &ui),
+        Command::Os(a) => os::run(a, &ui),
+        Command::Cache(a) => cache::run(a, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -138,7 +150,9 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
         crate::fs::FsError,
         crate::plan::PlanError,
         crate::apply::ApplyError,
-        crate::overlay::OverlayError
+        crate::overlay::OverlayError,
+        crate::acquire::AcquireError,
+        crate::acquire::decompress::DecodeError
     );
     let always_bad = cause.is::<BadInput>()
         || cause.is::<crate::recipe::RecipeError>()

@@ -1,3 +1,316 @@
-//! Writing results: the base combined with the copy-on-write layer, to a file.
+//! Writing results: the base combined with the copy-on-write layer, as a sparse raw image, an
+//! `.img.xz` or an `.img.zst`; the bmaptool block map beside it; an entry for Raspberry Pi
+//! Imager's OS list; and straight to a card.
+//!
+//! Every file is written under a temporary name in the destination's directory and renamed over
+//! the final name only when complete and synced, so a failure never leaves a partial output
+//! under the name the user asked for. Nothing here reads a clock or a random source: the same
+//! disk gives byte-identical files on every run and machine.
 
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::disk::CowDisk;
+use crate::progress::Progress;
+
+pub mod bmap;
+pub mod flash;
+pub mod imager;
 pub mod raw;
+mod used;
+pub mod xz;
+pub mod zstd;
+
+/// How much of the image is read per step while streaming it to an encoder.
+const READ_STEP: usize = 4 << 20;
+
+/// Why an output could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The output directory does not exist or cannot be written.
+    #[error("cannot write {path}: {source}")]
+    Create {
+        /// The output path.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Writing failed part-way (the partial file has been removed).
+    #[error("writing {path} failed: {source}")]
+    Write {
+        /// The output path.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Reading the image being written failed.
+    #[error("reading the image for {path} failed: {source}")]
+    Read {
+        /// The output path.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The compressor refused its settings or failed.
+    #[error("{format} encoder for {path}: {detail}")]
+    Encoder {
+        /// `xz` or `zstd`.
+        format: &'static str,
+        /// The output path.
+        path: PathBuf,
+        /// What the library said.
+        detail: String,
+    },
+    /// The file name names no format pibake writes.
+    #[error(
+        "{path}: unknown output format; name the output *.img (sparse raw), *.img.xz or *.img.zst"
+    )]
+    UnknownFormat {
+        /// The output path.
+        path: PathBuf,
+    },
+}
+
+impl OutputError {
+    /// True when the user's request is at fault (an output name pibake cannot write, a directory
+    /// that does not exist), not the machine.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            OutputError::UnknownFormat { .. } => true,
+            OutputError::Create { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::NotADirectory
+            ),
+            OutputError::Write { .. } | OutputError::Read { .. } | OutputError::Encoder { .. } => {
+                false
+            }
+        }
+    }
+}
+
+/// The kind of file written, chosen from the output name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Sparse raw image: runs of zero blocks are holes.
+    Raw,
+    /// Multi-block `.xz` (24 MiB blocks, CRC64), like Raspberry Pi OS images.
+    Xz,
+    /// Multi-threaded zstd frame with content size and checksum.
+    Zstd,
+}
+
+impl Format {
+    /// The format a name asks for: `*.xz` is xz, `*.zst` is zstd, anything else (`*.img`) raw.
+    /// Names ending in another compression suffix (`.gz`, `.zip`, `.bz2`) are refused.
+    pub fn from_path(path: &Path) -> Result<Self, OutputError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".xz") {
+            Ok(Format::Xz)
+        } else if name.ends_with(".zst") || name.ends_with(".zstd") {
+            Ok(Format::Zstd)
+        } else if name.is_empty()
+            || [".gz", ".zip", ".bz2", ".lz4", ".7z", ".tar"]
+                .iter()
+                .any(|s| name.ends_with(s))
+        {
+            Err(OutputError::UnknownFormat {
+                path: path.to_path_buf(),
+            })
+        } else {
+            Ok(Format::Raw)
+        }
+    }
+
+    /// Lowercase name, as in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Xz => "xz",
+            Format::Zstd => "zstd",
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Written {
+    /// Final path.
+    pub path: PathBuf,
+    /// How the file is encoded.
+    pub format: Format,
+    /// Length in bytes of the file written (for `.img`, the image size).
+    pub bytes: u64,
+    /// SHA-256 of the file written, hex (what `sha256sum OUT` prints).
+    pub sha256: String,
+    /// Length in bytes of the raw image inside.
+    pub raw_bytes: u64,
+    /// SHA-256 of the raw image inside, hex.
+    pub raw_sha256: String,
+}
+
+/// Write `disk` to `dest` in the format its name asks for (see [`Format::from_path`]).
+pub fn write(disk: &CowDisk, dest: &Path, progress: &dyn Progress) -> Result<Written, OutputError> {
+    match Format::from_path(dest)? {
+        Format::Raw => raw::write(disk, dest, progress),
+        Format::Xz => xz::write(disk, dest, progress),
+        Format::Zstd => zstd::write(disk, dest, progress),
+    }
+}
+
+/// A temporary file beside `dest`, renamed over it by [`Staged::finish`]; dropped unfinished, it
+/// is removed.
+pub(crate) struct Staged {
+    dest: PathBuf,
+    tmp: tempfile::NamedTempFile,
+}
+
+impl Staged {
+    /// Create the temporary file in `dest`'s directory.
+    pub(crate) fn new(dest: &Path) -> Result<Self, OutputError> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".pibake-")
+            .suffix(".partial")
+            .tempfile_in(&dir)
+            .map_err(|source| OutputError::Create {
+                path: dest.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            dest: dest.to_path_buf(),
+            tmp,
+        })
+    }
+
+    /// A second handle on the temporary file, for writing.
+    pub(crate) fn file(&self) -> Result<File, OutputError> {
+        self.tmp.reopen().map_err(|e| self.write_err(e))
+    }
+
+    /// The error for a failed write to this output.
+    pub(crate) fn write_err(&self, source: io::Error) -> OutputError {
+        OutputError::Write {
+            path: self.dest.clone(),
+            source,
+        }
+    }
+
+    /// The error for a failed read of the image going into this output.
+    pub(crate) fn read_err(&self, source: io::Error) -> OutputError {
+        OutputError::Read {
+            path: self.dest.clone(),
+            source,
+        }
+    }
+
+    /// The final path.
+    pub(crate) fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Sync the data and rename the file to its final name.
+    pub(crate) fn finish(self, file: File) -> Result<(), OutputError> {
+        file.sync_all().map_err(|e| self.write_err(e))?;
+        drop(file);
+        let dest = self.dest.clone();
+        self.tmp.persist(&dest).map_err(|e| OutputError::Write {
+            path: dest.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+}
+
+/// A writer that hashes and counts everything passing through to `inner`.
+pub(crate) struct Hashing<W> {
+    pub(crate) inner: W,
+    sha: Sha256,
+    count: u64,
+}
+
+impl<W> Hashing<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        Self {
+            inner,
+            sha: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// Bytes written and their SHA-256, hex.
+    pub(crate) fn finish(self) -> (W, u64, String) {
+        (self.inner, self.count, hex::encode(self.sha.finalize()))
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Stream the whole of `disk` into `sink`, hashing it; returns the raw image's SHA-256.
+/// Errors are tagged: `Err(Ok(e))` a read of the image failed, `Err(Err(e))` the sink failed.
+pub(crate) fn stream_disk(
+    disk: &CowDisk,
+    sink: &mut dyn Write,
+    what: &str,
+    progress: &dyn Progress,
+) -> Result<String, Result<io::Error, io::Error>> {
+    let len = disk.len();
+    progress.begin(what, Some(len));
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; READ_STEP];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = (len - pos).min(READ_STEP as u64) as usize;
+        disk.read_at(pos, &mut buf[..n]).map_err(Ok)?;
+        sha.update(&buf[..n]);
+        sink.write_all(&buf[..n]).map_err(Err)?;
+        pos += n as u64;
+        progress.set(pos);
+    }
+    progress.end();
+    Ok(hex::encode(sha.finalize()))
+}
+
+/// Worker threads for the compressors: every core, at least one.
+pub(crate) fn threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_picks_the_format() {
+        let f = |s: &str| Format::from_path(Path::new(s));
+        assert_eq!(f("out/master.img").unwrap(), Format::Raw);
+        assert_eq!(f("master.IMG.XZ").unwrap(), Format::Xz);
+        assert_eq!(f("master.img.zst").unwrap(), Format::Zstd);
+        assert_eq!(f("master").unwrap(), Format::Raw);
+        let e = f("master.img.gz").unwrap_err();
+        assert!(e.is_bad_input());
+        assert!(e.to_string().contains(".img.xz"));
+    }
+}
