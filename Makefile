@@ -10,7 +10,7 @@ build:
 	$(CARGO) build --release
 
 test:
-	$(CARGO) test --all-targets
+	$(CARGO) test --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --all -- --check

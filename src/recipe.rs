@@ -296,7 +296,7 @@ pub fn parse(file: &str, text: &str) -> Result<Validated, RecipeError> {
     let c = Checker { file, text };
     let recipe: Recipe = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        c.err(span, e.message().trim().to_string())
+        c.err(span, e.message().trim().replace('\n', "; "))
     })?;
     let lan = validate(&c, &recipe)?;
     Ok(Validated { recipe, lan })

@@ -266,6 +266,8 @@ fn check_base(b: &Built, release: &str, dir: &Path) {
         ),
     )
     .unwrap();
+    // sshd refuses to run at all without its privilege-separation directory.
+    let _ = std::fs::create_dir_all("/run/sshd");
     run_ok(
         Command::new("/usr/sbin/sshd").args(["-t", "-f", main.to_str().unwrap()]),
         "sshd -t",

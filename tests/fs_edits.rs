@@ -65,7 +65,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn data(size: usize, seed: u8) -> Vec<u8> {
-    let mut x = u32::from(seed) * 2_654_435_761 + 1;
+    let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
     (0..size)
         .map(|_| {
             x ^= x << 13;

@@ -20,6 +20,7 @@ use super::xz_mt::MtXzReader;
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// A raw disk image.
+    #[serde(rename = "raw")]
     None,
     /// `.xz` (what Raspberry Pi OS ships).
     Xz,

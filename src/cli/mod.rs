@@ -55,12 +55,15 @@ enum Command {
     Os(os::Args),
     /// The download and image cache (`pibake cache ls|clean`).
     Cache(cache::Args),
+    /// Write an image to a card (only mapped blocks), then read it back and compare.
+    Flash(flash::Args),
 }
 
 mod bake;
 pub mod cache;
 pub mod fetch;
 mod files;
+mod flash;
 pub mod os;
 mod inspect;
 mod open;
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Fetch(a) => fetch::run(a, &ui),
         Command::Os(a) => os::run(a, &ui),
         Command::Cache(a) => cache::run(a, &ui),
+        Command::Flash(a) => flash::run(a, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,7 +156,10 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
         crate::apply::ApplyError,
         crate::overlay::OverlayError,
         crate::acquire::AcquireError,
-        crate::acquire::decompress::DecodeError
+        crate::acquire::decompress::DecodeError,
+        crate::output::flash::FlashError,
+        crate::output::OutputError,
+        crate::output::bmap::BmapError
     );
     let always_bad = cause.is::<BadInput>()
         || cause.is::<crate::recipe::RecipeError>()

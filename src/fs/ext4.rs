@@ -162,24 +162,9 @@ fn ext4_err(op: &'static str, path: &str, e: fs_ext4::Error) -> FsError {
     }
 }
 
-/// Where a path led: the inode, and the symlink-free path of components to it.
+/// Where a path led.
 struct Resolved {
     ino: u32,
-    canonical: Vec<Vec<u8>>,
-}
-
-impl Resolved {
-    fn path(&self) -> Result<String, FsError> {
-        let mut s = String::new();
-        for c in &self.canonical {
-            s.push('/');
-            s.push_str(super::path::from_bytes(c)?);
-        }
-        if s.is_empty() {
-            s.push('/');
-        }
-        Ok(s)
-    }
 }
 
 impl Ext4 {
@@ -353,7 +338,6 @@ impl Ext4 {
         }
         Ok(Resolved {
             ino: stack.last().map_or(ROOT_INO, |(ino, _)| *ino),
-            canonical: stack.into_iter().map(|(_, name)| name).collect(),
         })
     }
 
@@ -531,8 +515,15 @@ impl FileOps for Ext4 {
                     let want = (data.len() as u64)
                         .saturating_sub(old_blocks * u64::from(fs.sb.block_size()));
                     Self::check_space(fs, path, want)?;
-                    fs.apply_replace_file_content(&target.path()?, data)
-                        .map_err(|e| ext4_err("replace", path, e))?;
+                    // Truncate, then write in the driver's journal-sized chunks: the driver's one-shot
+                    // replace is a single transaction and fails once the file outgrows the journal.
+                    // The copy-on-write transaction around this call keeps it all or nothing.
+                    fs.apply_truncate_ino(target.ino, 0)
+                        .map_err(|e| ext4_err("truncate", path, e))?;
+                    if !data.is_empty() {
+                        fs.apply_pwrite_ino(target.ino, 0, data)
+                            .map_err(|e| ext4_err("write", path, e))?;
+                    }
                     target.ino
                 }
                 None => {
