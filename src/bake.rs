@@ -91,7 +91,12 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         .clone()
         .or_else(|| v.recipe.image.base.clone())
         .ok_or(NoBase)?;
-    let base = resolve_base(&base_name, &opts.recipe);
+    let mut base = resolve_base(&base_name, &opts.recipe);
+    if !base.exists() {
+        // Not a local file: an OS-list name or a URL, fetched, verified and cached.
+        let acquired = crate::acquire::resolve(&base_name, &crate::acquire::AcquireOptions::default(), progress)?;
+        base = acquired.image;
+    }
     let (epoch, epoch_source) = epoch(opts, &v)?;
     let mut started = false;
     let image = Image::open_with_progress(&base, &mut |done| {
