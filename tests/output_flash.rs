@@ -158,6 +158,10 @@ impl Target for Faulty {
     fn sync(&mut self) -> io::Result<()> {
         self.inner.sync()
     }
+
+    fn prepare(&mut self, image_len: u64) -> io::Result<()> {
+        self.inner.prepare(image_len)
+    }
 }
 
 fn faulty(dev: &Path, fault: Fault) -> Faulty {

@@ -167,6 +167,12 @@ pub trait Target {
     /// Make everything written durable, and make later reads come from the medium rather than
     /// from a cache of what was written.
     fn sync(&mut self) -> io::Result<()>;
+    /// Called once before the first write of an image of `image_len` bytes: a regular file
+    /// standing in for a card grows to the image size here. Does nothing by default.
+    fn prepare(&mut self, image_len: u64) -> io::Result<()> {
+        let _ = image_len;
+        Ok(())
+    }
 }
 
 /// Whether a target is a block device or a regular file.
@@ -182,12 +188,15 @@ pub enum TargetKind {
 #[derive(Debug)]
 pub struct DeviceTarget {
     file: File,
+    grows: bool,
 }
 
 impl DeviceTarget {
-    /// Wrap an already open file (read and write access).
+    /// Wrap an already open file (read and write access); a regular file grows to the image's
+    /// size when flashing starts if it is shorter.
     pub fn from_file(file: File) -> Self {
-        Self { file }
+        let grows = file.metadata().is_ok_and(|m| m.is_file());
+        Self { file, grows }
     }
 }
 
@@ -231,6 +240,13 @@ impl Target for DeviceTarget {
             }
             Ok(())
         }
+    }
+
+    fn prepare(&mut self, image_len: u64) -> io::Result<()> {
+        if self.grows && self.size()? < image_len {
+            self.file.set_len(image_len)?;
+        }
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -277,7 +293,8 @@ impl TargetInfo {
 
 /// Check `path` and open it for an image of `image_len` bytes. A block device must pass
 /// [`safety::check_block_device`] (on Linux; elsewhere only with `force`); a regular file must
-/// exist and is extended to the image size if shorter. The device is opened exclusively where
+/// exist, and grows to the image size when flashing starts (not before: a refused
+/// confirmation leaves it untouched). The device is opened exclusively where
 /// the OS allows (Linux `O_EXCL`: fails while anything has it mounted).
 pub fn open_target(
     path: &Path,
@@ -319,16 +336,12 @@ pub fn open_target(
     let file = opts.open(path).map_err(open_err)?;
     let mut target = DeviceTarget::from_file(file);
     let len = target.size().map_err(open_err)?;
-    if len < image_len {
-        if kind == TargetKind::File {
-            target.file.set_len(image_len).map_err(open_err)?;
-        } else {
-            return Err(FlashError::TooSmall {
-                path: path.to_path_buf(),
-                device: len,
-                image: image_len,
-            });
-        }
+    if len < image_len && kind == TargetKind::BlockDevice {
+        return Err(FlashError::TooSmall {
+            path: path.to_path_buf(),
+            device: len,
+            image: image_len,
+        });
     }
     Ok((
         target,
@@ -435,6 +448,9 @@ pub fn flash(
     progress: &dyn Progress,
 ) -> Result<FlashReport, FlashError> {
     let image_len = disk.len();
+    target
+        .prepare(image_len)
+        .map_err(|source| FlashError::Write { offset: 0, source })?;
     let device_len = target
         .size()
         .map_err(|source| FlashError::Write { offset: 0, source })?;
