@@ -94,7 +94,11 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
     let mut base = resolve_base(&base_name, &opts.recipe);
     if !base.exists() {
         // Not a local file: an OS-list name or a URL, fetched, verified and cached.
-        let acquired = crate::acquire::resolve(&base_name, &crate::acquire::AcquireOptions::default(), progress)?;
+        let acquired = crate::acquire::resolve(
+            &base_name,
+            &crate::acquire::AcquireOptions::default(),
+            progress,
+        )?;
         base = acquired.image;
     }
     let (epoch, epoch_source) = epoch(opts, &v)?;
@@ -155,7 +159,7 @@ fn resolve_base(name: &str, recipe: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct Built {
     /// The image written.
-    pub output: crate::output::raw::Written,
+    pub output: crate::output::Written,
     /// The manifest written beside it.
     pub manifest: PathBuf,
     /// Operations that changed something.
@@ -184,7 +188,14 @@ pub fn build(mut p: Prepared, out: &Path, progress: &dyn Progress) -> anyhow::Re
         },
         "plan": p.plan.redacted_json(),
         "changed_operations": report.iter().filter(|c| **c).count(),
-        "outputs": [ { "path": output.path, "bytes": output.bytes, "sha256": output.sha256 } ],
+        "outputs": [ {
+            "path": output.path,
+            "format": output.format,
+            "bytes": output.bytes,
+            "sha256": output.sha256,
+            "raw_bytes": output.raw_bytes,
+            "raw_sha256": output.raw_sha256,
+        } ],
     });
     let manifest_path = PathBuf::from(format!("{}.manifest.json", out.display()));
     let text = serde_json::to_string_pretty(&manifest)?;
@@ -209,9 +220,9 @@ fn apply_and_write(
     p: &mut Prepared,
     out: &Path,
     progress: &dyn Progress,
-) -> anyhow::Result<(crate::apply::Report, crate::output::raw::Written)> {
+) -> anyhow::Result<(crate::apply::Report, crate::output::Written)> {
     let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
-    let written = crate::output::raw::write(&p.image.disk, out, progress)?;
+    let written = crate::output::write(&p.image.disk, out, progress)?;
     Ok((report, written))
 }
 
@@ -303,7 +314,8 @@ pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verifi
     let epoch = inputs["epoch"]
         .as_i64()
         .ok_or_else(|| bad("inputs.epoch"))?;
-    let expected = s(&m["outputs"][0]["sha256"], "outputs[0].sha256")?;
+    // The raw image is what is compared, whatever format the build wrote.
+    let expected = s(&m["outputs"][0]["raw_sha256"], "outputs[0].raw_sha256")?;
     let out_path = PathBuf::from(s(&m["outputs"][0]["path"], "outputs[0].path")?);
     let opts = Options {
         recipe,
@@ -326,6 +338,6 @@ pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verifi
     let (_, written) = apply_and_write(&mut p, tmp.path(), progress)?;
     Ok(Verified {
         expected,
-        actual: written.sha256,
+        actual: written.raw_sha256,
     })
 }

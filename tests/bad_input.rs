@@ -32,7 +32,11 @@ fn refused(image: &Path, needle: &str) {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert_eq!(image.exists().then(|| sha256(image)), before, "the input was modified");
+    assert_eq!(
+        image.exists().then(|| sha256(image)),
+        before,
+        "the input was modified"
+    );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }

@@ -60,7 +60,7 @@ pub struct PlanArgs {
 pub struct BuildArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Output image (sparse raw .img).
+    /// Output image: `.img` (sparse raw), `.img.xz` (multi-threaded, 24 MiB blocks) or `.img.zst`.
     #[arg(short, long, value_name = "OUT", default_value = "pibake.img")]
     pub output: PathBuf,
 }

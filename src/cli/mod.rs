@@ -64,9 +64,9 @@ pub mod cache;
 pub mod fetch;
 mod files;
 mod flash;
-pub mod os;
 mod inspect;
 mod open;
+pub mod os;
 
 /// Shared by every subcommand: how to report progress.
 pub struct Ui {
