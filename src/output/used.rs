@@ -364,7 +364,10 @@ mod tests {
         );
         assert_eq!(complement(vec![0..3, 5..9], 12), vec![3..5, 9..12]);
         let one: Vec<std::ops::Range<u64>> = std::iter::once(2..20).collect();
-        assert_eq!(complement(one, 12), std::iter::once(0..2).collect::<Vec<_>>());
+        assert_eq!(
+            complement(one, 12),
+            std::iter::once(0..2).collect::<Vec<_>>()
+        );
         assert_eq!(
             subtract(vec![0..10, 20..30], &[2..3, 8..22, 29..40]),
             vec![0..2, 3..8, 22..29]
