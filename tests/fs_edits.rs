@@ -300,24 +300,6 @@ fn run_op(fs: &mut dyn FileOps, op: &Op) -> Result<bool, String> {
     }
 }
 
-/// Copy a region of the (edited) disk into a sparse file for the external tools.
-fn dump(region: &Region, out: &Path) {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::File::create(out).unwrap();
-    f.set_len(region.len()).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < region.len() {
-        let n = (region.len() - pos).min(buf.len() as u64) as usize;
-        region.read_at(pos, &mut buf[..n]).unwrap();
-        if buf[..n].iter().any(|&b| b != 0) {
-            f.seek(SeekFrom::Start(pos)).unwrap();
-            f.write_all(&buf[..n]).unwrap();
-        }
-        pos += n as u64;
-    }
-}
-
 /// `debugfs stat` fields: (type, mode, uid, gid, links).
 fn debugfs_stat(fs: &Path, p: &str) -> Option<(String, u32, u32, u32, u32)> {
     let out = debugfs(fs, &format!("stat \"{p}\""));

@@ -190,21 +190,7 @@ fn filling_the_root_filesystem_is_refused_without_a_trace_and_leaves_it_clean() 
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("root.ext4");
     let region = image.region(image.root().unwrap(), false).unwrap();
-    let mut f = std::fs::File::create(&out).unwrap();
-    f.set_len(region.len()).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0;
-    use std::io::{Seek, SeekFrom, Write};
-    while pos < region.len() {
-        let n = (region.len() - pos).min(buf.len() as u64) as usize;
-        region.read_at(pos, &mut buf[..n]).unwrap();
-        if buf[..n].iter().any(|&b| b != 0) {
-            f.seek(SeekFrom::Start(pos)).unwrap();
-            f.write_all(&buf[..n]).unwrap();
-        }
-        pos += n as u64;
-    }
-    drop(f);
+    dump(&region, &out);
     assert_e2fsck_clean(&out);
     assert_eq!(debugfs_cat(&out, "/etc/after-full"), b"ok\n");
     assert_eq!(sha256(&img), before);

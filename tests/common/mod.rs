@@ -171,3 +171,21 @@ pub fn part(expect: &serde_json::Value, index: u64) -> (u64, u64) {
         p["sectors"].as_u64().unwrap() * 512,
     )
 }
+
+/// Copy a region of the (edited) disk into a sparse file for the external tools.
+pub fn dump(region: &pibake::disk::Region, out: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::File::create(out).unwrap();
+    f.set_len(region.len()).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < region.len() {
+        let n = (region.len() - pos).min(buf.len() as u64) as usize;
+        region.read_at(pos, &mut buf[..n]).unwrap();
+        if buf[..n].iter().any(|&b| b != 0) {
+            f.seek(SeekFrom::Start(pos)).unwrap();
+            f.write_all(&buf[..n]).unwrap();
+        }
+        pos += n as u64;
+    }
+}
