@@ -156,6 +156,17 @@ impl CowDisk {
         }
     }
 
+    /// Run `f` as one transaction: kept if it succeeds, every chunk it wrote put back if it fails.
+    pub fn transaction<T, E>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        self.begin();
+        let result = f();
+        match result {
+            Ok(_) => self.commit(),
+            Err(_) => self.rollback(),
+        }
+        result
+    }
+
     /// Indices of chunks written since [`CowDisk::begin`], ascending; empty outside a transaction.
     pub fn touched(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self

@@ -269,25 +269,16 @@ impl Ext4 {
             )));
         }
         let disk = self.region.disk().clone();
-        disk.begin();
-        let result =
-            Filesystem::mount_with_runtime(Arc::new(self.region.clone()), self.runtime.clone())
-                .map_err(|e| ext4_err("mount", path, e))
-                .and_then(|fs| {
-                    let value = f(&fs)?;
-                    fs.finish().map_err(|e| ext4_err(op, path, e))?;
-                    Ok(value)
-                });
-        match result {
-            Ok(v) => {
-                disk.commit();
-                Ok(v)
-            }
-            Err(e) => {
-                disk.rollback();
-                Err(e)
-            }
-        }
+        disk.transaction(|| {
+            // The mount is dropped inside the transaction, so whatever its drop writes after a
+            // failure is undone too.
+            let fs =
+                Filesystem::mount_with_runtime(Arc::new(self.region.clone()), self.runtime.clone())
+                    .map_err(|e| ext4_err("mount", path, e))?;
+            let value = f(&fs)?;
+            fs.finish().map_err(|e| ext4_err(op, path, e))?;
+            Ok(value)
+        })
     }
 
     /// Follow `path` from the root, resolving symlinks inside the partition (absolute targets

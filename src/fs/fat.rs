@@ -181,23 +181,13 @@ impl Fat {
         f: impl FnOnce(&Fs) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
         let disk = self.region.disk().clone();
-        disk.begin();
-        let result = self.mount(true, stamp).and_then(|fs| {
+        disk.transaction(|| {
+            let fs = self.mount(true, stamp)?;
             let v = f(&fs)?;
             fs.unmount().map_err(FsError::Io)?;
             repair_dot_entries(&self.region)?;
             Ok(v)
-        });
-        match result {
-            Ok(v) => {
-                disk.commit();
-                Ok(v)
-            }
-            Err(e) => {
-                disk.rollback();
-                Err(e)
-            }
-        }
+        })
     }
 
     fn entry_stat(e: &fatfs::DirEntry<'_, Region>) -> Stat {
