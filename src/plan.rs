@@ -193,6 +193,15 @@ impl PlanError {
     }
 }
 
+/// The release's codename for messages, or a neutral phrase when the image has none.
+fn release_name(facts: &Facts) -> String {
+    if facts.os.codename.is_empty() {
+        "this image".to_string()
+    } else {
+        facts.os.codename.clone()
+    }
+}
+
 fn fact(facts: &Facts, name: &str) -> bool {
     serde_json::to_value(facts)
         .ok()
@@ -217,11 +226,7 @@ fn choose_stack(
                 .collect()
         })
         .unwrap_or_default();
-    let release = if facts.os.codename.is_empty() {
-        "this image".to_string()
-    } else {
-        facts.os.codename.clone()
-    };
+    let release = release_name(facts);
     match choice {
         StackChoice::Classic if !classic_missing.is_empty() => Err(PlanError::ClassicUnavailable {
             missing: classic_missing.join(", "),
@@ -395,11 +400,7 @@ pub fn make(
     root: &mut dyn FileOps,
 ) -> Result<Plan, PlanError> {
     let role = overlays.first().map(|o| o.name.clone()).unwrap_or_default();
-    let release = if facts.os.codename.is_empty() {
-        "this image".to_string()
-    } else {
-        facts.os.codename.clone()
-    };
+    let release = release_name(facts);
     let (stack, stack_reason) = match overlays.first() {
         Some(o) if !o.stacks.is_empty() => {
             if facts.network_stack == NetworkStack::Unknown {
