@@ -155,11 +155,39 @@ fn resolve_base(name: &str, recipe: &Path) -> PathBuf {
     }
 }
 
+/// What `build` writes besides the image itself.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Also write `OUT.bmap` (bmaptool format 2.0).
+    pub bmap: bool,
+    /// Also write a Raspberry Pi Imager repository file with one entry for the image.
+    pub imager: Option<ImagerRequest>,
+}
+
+/// `--imager-json` and the fields of its entry.
+#[derive(Debug, Clone, Default)]
+pub struct ImagerRequest {
+    /// Where to write the repository JSON.
+    pub path: PathBuf,
+    /// Entry name; default from the recipe's hostname and role.
+    pub name: Option<String>,
+    /// Entry description; default names the base release.
+    pub description: Option<String>,
+    /// Download URL; default: the output's file name, relative to the JSON.
+    pub url: Option<String>,
+    /// Imager's `init_format`.
+    pub init_format: String,
+}
+
 /// What `build` produced.
 #[derive(Debug)]
 pub struct Built {
     /// The image written.
     pub output: crate::output::Written,
+    /// The block map, when asked for.
+    pub bmap: Option<crate::output::bmap::BmapWritten>,
+    /// The Imager repository file, when asked for.
+    pub imager: Option<PathBuf>,
     /// The manifest written beside it.
     pub manifest: PathBuf,
     /// Operations that changed something.
@@ -168,9 +196,47 @@ pub struct Built {
     pub total: usize,
 }
 
-/// Apply the plan and write `out` plus `out.manifest.json`.
-pub fn build(mut p: Prepared, out: &Path, progress: &dyn Progress) -> anyhow::Result<Built> {
-    let (report, output) = apply_and_write(&mut p, out, progress)?;
+/// Apply the plan and write `out` plus `out.manifest.json`, and the extras asked for.
+/// `p` stays usable afterwards (its image is the built one), e.g. to flash it.
+pub fn build(
+    p: &mut Prepared,
+    out: &Path,
+    extras: &Extras,
+    progress: &dyn Progress,
+) -> anyhow::Result<Built> {
+    let (report, output) = apply_and_write(p, out, progress)?;
+    let mut outputs = vec![json!({
+        "path": output.path,
+        "format": output.format,
+        "bytes": output.bytes,
+        "sha256": output.sha256,
+        "raw_bytes": output.raw_bytes,
+        "raw_sha256": output.raw_sha256,
+    })];
+    let bmap = if extras.bmap {
+        let ranges = crate::output::bmap::mapped_ranges(&p.image)?;
+        let dest = PathBuf::from(format!("{}.bmap", out.display()));
+        let b = crate::output::bmap::write(&p.image.disk, &ranges, &dest, progress)?;
+        outputs.push(json!({
+            "path": b.path, "format": "bmap", "bytes": b.bytes, "sha256": b.sha256,
+            "blocks": b.blocks, "mapped_blocks": b.mapped_blocks,
+        }));
+        Some(b)
+    } else {
+        None
+    };
+    let imager = match &extras.imager {
+        Some(req) => {
+            let entry = crate::output::imager::entry(&imager_info(p, req), &output);
+            crate::output::imager::write(&req.path, vec![entry])?;
+            outputs.push(json!({
+                "path": req.path, "format": "imager-json",
+                "sha256": sha256_file(&req.path)?,
+            }));
+            Some(req.path.clone())
+        }
+        None => None,
+    };
     let base_sha = sha256_file(&p.base).with_context(|| format!("hashing {}", p.base.display()))?;
     let manifest = json!({
         "pibake": env!("CARGO_PKG_VERSION"),
@@ -188,14 +254,7 @@ pub fn build(mut p: Prepared, out: &Path, progress: &dyn Progress) -> anyhow::Re
         },
         "plan": p.plan.redacted_json(),
         "changed_operations": report.iter().filter(|c| **c).count(),
-        "outputs": [ {
-            "path": output.path,
-            "format": output.format,
-            "bytes": output.bytes,
-            "sha256": output.sha256,
-            "raw_bytes": output.raw_bytes,
-            "raw_sha256": output.raw_sha256,
-        } ],
+        "outputs": outputs,
     });
     let manifest_path = PathBuf::from(format!("{}.manifest.json", out.display()));
     let text = serde_json::to_string_pretty(&manifest)?;
@@ -209,10 +268,40 @@ pub fn build(mut p: Prepared, out: &Path, progress: &dyn Progress) -> anyhow::Re
     tmp.persist(&manifest_path).map_err(|e| e.error)?;
     Ok(Built {
         output,
+        bmap,
+        imager,
         manifest: manifest_path,
         changed: report.iter().filter(|c| **c).count(),
         total: report.len(),
     })
+}
+
+/// The Imager entry's words: what the user gave, else defaults from the recipe and the base.
+fn imager_info(p: &Prepared, req: &ImagerRequest) -> crate::output::imager::EntryInfo {
+    let node = &p.recipe.recipe.node;
+    let os = &p.facts.os;
+    crate::output::imager::EntryInfo {
+        name: req
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{} ({})", node.hostname.get_ref(), node.role.get_ref())),
+        description: req.description.clone().unwrap_or_else(|| {
+            format!(
+                "Cluster {} baked by pibake from {}",
+                node.role.get_ref(),
+                if os.pretty_name.is_empty() {
+                    "Raspberry Pi OS"
+                } else {
+                    &os.pretty_name
+                }
+            )
+        }),
+        url: req.url.clone(),
+        icon: None,
+        init_format: req.init_format.clone(),
+        epoch: p.plan.epoch,
+        devices: Vec::new(),
+    }
 }
 
 /// Apply the plan into the copy-on-write layer and write the result to `out`.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::Ui;
-use crate::bake::{self, Options};
+use crate::bake::{self, Extras, ImagerRequest, Options};
 use crate::plan::StackChoice;
 
 /// What `plan` and `build` share.
@@ -63,6 +63,43 @@ pub struct BuildArgs {
     /// Output image: `.img` (sparse raw), `.img.xz` (multi-threaded, 24 MiB blocks) or `.img.zst`.
     #[arg(short, long, value_name = "OUT", default_value = "pibake.img")]
     pub output: PathBuf,
+    /// Also write OUT.bmap (bmaptool 2.0): the blocks the filesystems use, with checksums, so
+    /// `bmaptool copy` and `pibake flash` skip free space.
+    #[arg(long)]
+    pub bmap: bool,
+    /// Also write a Raspberry Pi Imager repository file (`os_list` with one entry: sizes,
+    /// sha256s, release date from the build epoch). Load it in Imager as a custom repository.
+    #[arg(long, value_name = "FILE")]
+    pub imager_json: Option<PathBuf>,
+    /// Name shown in Imager; default: "HOSTNAME (ROLE)".
+    #[arg(long, value_name = "TEXT", requires = "imager_json")]
+    pub imager_name: Option<String>,
+    /// Description shown in Imager; default names the role and the base release.
+    #[arg(long, value_name = "TEXT", requires = "imager_json")]
+    pub imager_description: Option<String>,
+    /// Where Imager downloads the image; default: OUT's file name, relative to the JSON.
+    #[arg(long, value_name = "URL", requires = "imager_json")]
+    pub imager_url: Option<String>,
+    /// Imager's customisation mode for the entry. `none` stops Imager offering to customise an
+    /// image that is already configured.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "none",
+        requires = "imager_json"
+    )]
+    pub init_format: String,
+    /// After building, write the image to this card (only its mapped blocks) and read it back.
+    /// The device is checked, and confirmation asked, before the build starts.
+    #[arg(long, value_name = "DEVICE")]
+    pub flash: Option<PathBuf>,
+    /// With --flash: write even to a device that is mounted, holds the system, or is not
+    /// removable.
+    #[arg(long, requires = "flash")]
+    pub force: bool,
+    /// With --flash: do not ask for confirmation.
+    #[arg(long, short = 'y', requires = "flash")]
+    pub yes: bool,
 }
 
 /// Run `pibake plan`.
@@ -78,18 +115,58 @@ pub fn plan(args: &PlanArgs, ui: &Ui) -> anyhow::Result<()> {
 
 /// Run `pibake build`.
 pub fn build(args: &BuildArgs, ui: &Ui) -> anyhow::Result<()> {
-    let p = bake::prepare(&args.common.options(), ui.progress.as_ref())?;
-    let stack = p.plan.stack.clone();
-    let built = bake::build(p, &args.output, ui.progress.as_ref())?;
+    let mut p = bake::prepare(&args.common.options(), ui.progress.as_ref())?;
+    let mut card = match &args.flash {
+        Some(dev) => Some(super::flash::claim(
+            dev,
+            p.image.disk.len(),
+            args.force,
+            args.yes,
+        )?),
+        None => None,
+    };
+    let extras = Extras {
+        bmap: args.bmap,
+        imager: args.imager_json.as_ref().map(|path| ImagerRequest {
+            path: path.clone(),
+            name: args.imager_name.clone(),
+            description: args.imager_description.clone(),
+            url: args.imager_url.clone(),
+            init_format: args.init_format.clone(),
+        }),
+    };
+    let built = bake::build(&mut p, &args.output, &extras, ui.progress.as_ref())?;
     eprintln!(
-        "built {} ({} stack, {} of {} operations changed something)\n  sha256 {}\n  manifest {}",
+        "built {} ({} stack, {} of {} operations changed something)\n  sha256 {}",
         built.output.path.display(),
-        stack,
+        p.plan.stack,
         built.changed,
         built.total,
         built.output.sha256,
-        built.manifest.display()
     );
+    if let Some(b) = &built.bmap {
+        eprintln!(
+            "  bmap {} ({} of {} blocks mapped)",
+            b.path.display(),
+            b.mapped_blocks,
+            b.blocks
+        );
+    }
+    if let Some(j) = &built.imager {
+        eprintln!("  imager repository {}", j.display());
+    }
+    eprintln!("  manifest {}", built.manifest.display());
+    if let (Some(target), Some(dev)) = (card.as_mut(), &args.flash) {
+        let ranges = crate::output::flash::ranges_for(
+            &p.image,
+            built.bmap.as_ref().map(|b| b.path.as_path()),
+        )?;
+        let report = super::flash::write_claimed(&p.image, target, &ranges, ui)?;
+        eprintln!(
+            "{}",
+            super::flash::summary(&built.output.path, dev, &report)
+        );
+    }
     Ok(())
 }
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::{BadInput, Ui};
 use crate::disk::Image;
-use crate::output::flash::{self, FlashReport, Host, TargetInfo};
+use crate::output::bmap::MappedRange;
+use crate::output::flash::{self, DeviceTarget, FlashReport, Host, TargetInfo};
 
 /// Arguments of `pibake flash`.
 #[derive(clap::Args)]
@@ -53,20 +54,12 @@ pub fn run(args: &Args, ui: &Ui) -> anyhow::Result<()> {
         args.yes,
         ui,
     )?;
-    eprintln!(
-        "flashed {} to {}: wrote and verified {} of {} bytes ({:.1}%) in {} ranges",
-        args.image.display(),
-        args.device.display(),
-        report.written_bytes,
-        report.image_bytes,
-        percent(report.written_bytes, report.image_bytes),
-        report.ranges
-    );
+    eprintln!("{}", summary(&args.image, &args.device, &report));
     Ok(())
 }
 
 /// Check `device`, ask for confirmation unless `yes`, write `image`'s mapped blocks (from
-/// `bmap`, or from its filesystems) and verify them. For `pibake build --flash` too.
+/// `bmap`, or from its filesystems) and verify them.
 pub fn flash_image(
     image: &Image,
     device: &Path,
@@ -76,7 +69,19 @@ pub fn flash_image(
     ui: &Ui,
 ) -> anyhow::Result<FlashReport> {
     let ranges = flash::ranges_for(image, bmap)?;
-    let (mut target, info) = flash::open_target(device, image.disk.len(), force, &Host::current())?;
+    let mut target = claim(device, image.disk.len(), force, yes)?;
+    write_claimed(image, &mut target, &ranges, ui)
+}
+
+/// The safety checks and the confirmation, before anything is written: `pibake build --flash`
+/// runs them before the build so a refusal costs nothing.
+pub fn claim(
+    device: &Path,
+    image_len: u64,
+    force: bool,
+    yes: bool,
+) -> anyhow::Result<DeviceTarget> {
+    let (target, info) = flash::open_target(device, image_len, force, &Host::current())?;
     if let Some(disk) = &info.disk {
         for r in &disk.overridden {
             eprintln!("warning: --force: {r}");
@@ -85,12 +90,35 @@ pub fn flash_image(
     if !yes {
         confirm(&info)?;
     }
+    Ok(target)
+}
+
+/// Write `ranges` of `image` to a target [`claim`] returned, then read them back and compare.
+pub fn write_claimed(
+    image: &Image,
+    target: &mut DeviceTarget,
+    ranges: &[MappedRange],
+    ui: &Ui,
+) -> anyhow::Result<FlashReport> {
     Ok(flash::flash(
         &image.disk,
-        &mut target,
-        &ranges,
+        target,
+        ranges,
         ui.progress.as_ref(),
     )?)
+}
+
+/// One line saying what flashing did.
+pub fn summary(image: &Path, device: &Path, report: &FlashReport) -> String {
+    format!(
+        "flashed {} to {}: wrote and verified {} of {} bytes ({:.1}%) in {} ranges",
+        image.display(),
+        device.display(),
+        report.written_bytes,
+        report.image_bytes,
+        percent(report.written_bytes, report.image_bytes),
+        report.ranges
+    )
 }
 
 /// Ask on the terminal; without one, refuse (the caller should pass --yes).
