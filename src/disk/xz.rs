@@ -750,14 +750,17 @@ fn random_access_ok(index: &XzIndex, max_block: u64) -> Result<(), XzError> {
     }
 }
 
+/// A decoded block, shared between the cache and the reads using it.
+type Shared = Arc<Vec<u8>>;
+
 /// Most recently used decoded blocks, newest first. Capacities are a handful, so a scan is fine.
 struct Lru {
     capacity: usize,
-    entries: VecDeque<(usize, Arc<Vec<u8>>)>,
+    entries: VecDeque<(usize, Shared)>,
 }
 
 impl Lru {
-    fn get(&mut self, i: usize) -> Option<Arc<Vec<u8>>> {
+    fn get(&mut self, i: usize) -> Option<Shared> {
         let pos = self.entries.iter().position(|(j, _)| *j == i)?;
         let entry = self.entries.remove(pos)?;
         let data = Arc::clone(&entry.1);
@@ -765,7 +768,7 @@ impl Lru {
         Some(data)
     }
 
-    fn put(&mut self, i: usize, data: Arc<Vec<u8>>) {
+    fn put(&mut self, i: usize, data: Shared) {
         if self.capacity == 0 {
             return;
         }
@@ -854,7 +857,7 @@ impl XzDev {
     }
 
     /// The decoded blocks `which`, from the cache or decoded in parallel (and then cached).
-    fn blocks(&self, which: &[usize]) -> Result<Vec<(usize, Arc<Vec<u8>>)>, XzError> {
+    fn blocks(&self, which: &[usize]) -> Result<Vec<(usize, Shared)>, XzError> {
         let mut have = Vec::with_capacity(which.len());
         let mut missing = Vec::new();
         {
