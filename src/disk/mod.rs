@@ -13,4 +13,4 @@ pub use device::{BlockDev, FileDev};
 pub use image::{Image, ImageError};
 pub use partition::{FsKind, Partition, PartitionTable, TableKind};
 pub use region::Region;
-pub use xz::{XzBlock, XzDev, XzError, XzIndex};
+pub use xz::{XzBlock, XzDev, XzError, XzIndex, XzStream};

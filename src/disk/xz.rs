@@ -974,6 +974,9 @@ where
             let tx = tx.clone();
             let (gate, work) = (&gate, &work);
             s.spawn(move || {
+                // A panicking worker never sends its item; stopping the others lets every sender
+                // go, so the receiving loop below ends instead of waiting for it forever.
+                let _stop = StopOnPanic(gate);
                 while let Some(i) = gate.take(n, window) {
                     if tx.send((i, work(i))).is_err() {
                         return;
@@ -1046,12 +1049,28 @@ impl Gate {
     }
 }
 
+impl Gate {
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.moved.notify_all();
+    }
+}
+
 struct StopOnDrop<'a>(&'a Gate);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.lock().stop = true;
-        self.0.moved.notify_all();
+        self.0.stop();
+    }
+}
+
+struct StopOnPanic<'a>(&'a Gate);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop();
+        }
     }
 }
 
@@ -1547,6 +1566,27 @@ mod tests {
             |_, _| Ok(()),
         );
         assert_eq!(e, Err(7));
+    }
+
+    #[test]
+    fn a_panicking_worker_panics_the_caller_instead_of_hanging_it() {
+        let run = || {
+            in_order(
+                50,
+                2,
+                |i| {
+                    assert!(i != 3, "worker fails on purpose");
+                    Ok::<usize, ()>(i)
+                },
+                |_, _| Ok(()),
+            )
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(std::panic::catch_unwind(run).is_err()));
+        let panicked = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("in_order hung after a worker panicked");
+        assert!(panicked);
     }
 
     #[test]
