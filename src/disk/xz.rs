@@ -735,11 +735,13 @@ fn random_access_ok(index: &XzIndex, max_block: u64) -> Result<(), XzError> {
         _ => index
             .blocks
             .iter()
-            .position(|b| b.uncompressed_size > max_block)
+            // Compressed size counts too: it is what a read allocates before decoding.
+            .position(|b| b.uncompressed_size.max(b.total_size) > max_block)
             .map(|i| {
+                let b = &index.blocks[i];
                 format!(
-                    "block {i} decodes to {} MiB, more than the {} MiB one read may cost",
-                    index.blocks[i].uncompressed_size >> 20,
+                    "block {i} holds {} MiB, more than the {} MiB one read may cost",
+                    b.uncompressed_size.max(b.total_size) >> 20,
                     max_block >> 20
                 )
             }),
