@@ -55,14 +55,16 @@ pub(crate) fn check_bounds(offset: u64, n: usize, len: u64) -> io::Result<()> {
     }
 }
 
+/// Fill `buf` from `offset` of `file` by positioned reads, so threads can share one handle.
 #[cfg(unix)]
-fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+pub(crate) fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     file.read_exact_at(buf, offset)
 }
 
+/// Fill `buf` from `offset` of `file` by positioned reads, so threads can share one handle.
 #[cfg(windows)]
-fn read_exact_at(file: &File, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+pub(crate) fn read_exact_at(file: &File, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
     use std::os::windows::fs::FileExt;
     while !buf.is_empty() {
         match file.seek_read(buf, offset) {

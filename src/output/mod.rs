@@ -22,6 +22,7 @@ pub mod imager;
 pub mod raw;
 mod used;
 pub mod xz;
+pub mod xz_patch;
 pub mod zstd;
 
 /// How much of the image is read per step while streaming it to an encoder.

@@ -1,0 +1,365 @@
+//! `.img.xz` from an `.img.xz` base: only the blocks an edit touched are compressed again.
+//!
+//! Raspberry Pi OS ships its images as independent 24 MiB xz blocks, and a build changes a few
+//! MiB of them. Recompressing the whole image at preset 6 takes minutes; here every base block
+//! that no changed chunk of the [`CowDisk`] overlaps is copied byte for byte (header, data,
+//! padding and check), and only the others are decoded, compared with the edited bytes and, where
+//! they really differ, compressed again as one block at preset 6 (LZMA2, as `xz -6`) with the
+//! base's check type. The output is one stream with the base's block boundaries, so it stays
+//! randomly accessible, and it depends only on the base and the edits: the same inputs give the
+//! same bytes whatever the thread count.
+//!
+//! Corrupt data in the base: a block an edit touches is decoded and checked, so damage there
+//! stops the write with [`crate::disk::XzError::CorruptBlock`] and nothing is left at the
+//! destination. An untouched block is copied without being decoded: checking it would cost as
+//! much as decoding the whole image, which is what this module exists to avoid. Its damage is
+//! then carried over unchanged, together with the block's original integrity check, so it stays
+//! exactly as detectable as in the base (`xz -t`, or any decoder, rejects it); it is never
+//! re-wrapped under a fresh, matching check. Bases are expected to have been verified when they
+//! were acquired.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use liblzma_sys as sys;
+
+use super::xz::PRESET;
+use super::{Hashing, OutputError, Staged};
+use crate::disk::cow::CHUNK;
+use crate::disk::device::read_exact_at;
+use crate::disk::xz::{in_order, index_bytes, stream_footer, stream_header};
+use crate::disk::{CowDisk, XzBlock, XzDev};
+use crate::progress::Progress;
+
+/// How much of an untouched block is read per step while copying it.
+const COPY_STEP: usize = 4 << 20;
+
+/// What [`write_patched`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Patched {
+    /// Final path.
+    pub path: PathBuf,
+    /// Length of the `.xz` file written.
+    pub bytes: u64,
+    /// SHA-256 of the file written, hex (what `sha256sum OUT` prints).
+    pub sha256: String,
+    /// Length of the raw image inside.
+    pub raw_bytes: u64,
+    /// Blocks in the output (always as many as in the base).
+    pub blocks: usize,
+    /// Blocks compressed again because their bytes changed.
+    pub reencoded: usize,
+    /// Compressed bytes copied verbatim from the base.
+    pub copied_bytes: u64,
+}
+
+/// A touched block after its edited bytes were compared with the base.
+enum Rebuilt {
+    /// The bytes came out the same as the base's: copy the base block.
+    Same,
+    /// A freshly compressed block and its unpadded size.
+    Encoded(Vec<u8>, u64),
+}
+
+/// Write `disk`, whose base is `base`, to `dest` as `.xz`, compressing again only the blocks that
+/// changed (see the module documentation). `threads` workers compress; memory stays at about
+/// `threads + 1` blocks, plus each worker's encoder (about 100 MiB at preset 6).
+pub fn write_patched(
+    base: &XzDev,
+    disk: &CowDisk,
+    dest: &Path,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<Patched, OutputError> {
+    let staged = Staged::new(dest)?;
+    let index = base.index();
+    let blocks = index.blocks();
+    if disk.len() != index.uncompressed_len() {
+        return Err(staged.read_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the edited disk is not layered on this .xz base (their sizes differ)",
+        )));
+    }
+    let touched = touched_blocks(blocks, &disk.changed_chunks(), disk.len());
+    let mut out = Out {
+        sink: Hashing::new(BufWriter::with_capacity(1 << 20, staged.file()?)),
+        file: base.file(),
+        blocks,
+        records: Vec::with_capacity(blocks.len()),
+        next: 0,
+        reencoded: 0,
+        copied_bytes: 0,
+        progress,
+        buf: Vec::new(),
+    };
+    progress.begin("writing .xz (changed blocks only)", Some(disk.len()));
+    out.sink
+        .write_all(&stream_header(index.check()))
+        .map_err(|e| staged.write_err(e))?;
+    in_order(
+        touched.len(),
+        threads,
+        |k| rebuild(base, disk, touched[k], &staged),
+        |k, rebuilt| {
+            out.copy_until(touched[k], &staged)?;
+            match rebuilt {
+                Rebuilt::Same => out.copy_until(touched[k] + 1, &staged),
+                Rebuilt::Encoded(bytes, unpadded) => out.put(&bytes, unpadded, &staged),
+            }
+        },
+    )?;
+    out.copy_until(blocks.len(), &staged)?;
+    let index_raw = index_bytes(&out.records);
+    let footer = stream_footer(index.check(), index_raw.len() as u64).ok_or_else(|| {
+        OutputError::Encoder {
+            format: "xz",
+            path: dest.to_path_buf(),
+            detail: "the index is too large for an xz stream footer".into(),
+        }
+    })?;
+    out.sink
+        .write_all(&index_raw)
+        .and_then(|()| out.sink.write_all(&footer))
+        .map_err(|e| staged.write_err(e))?;
+    progress.end();
+    let (reencoded, copied_bytes) = (out.reencoded, out.copied_bytes);
+    let (buffered, bytes, sha256) = out.sink.finish();
+    let file = buffered
+        .into_inner()
+        .map_err(|e| staged.write_err(e.into_error()))?;
+    staged.finish(file)?;
+    Ok(Patched {
+        path: dest.to_path_buf(),
+        bytes,
+        sha256,
+        raw_bytes: disk.len(),
+        blocks: blocks.len(),
+        reencoded,
+        copied_bytes,
+    })
+}
+
+/// Positions of the blocks that any of `chunks` (sorted chunk numbers) overlaps, ascending.
+fn touched_blocks(blocks: &[XzBlock], chunks: &[u64], len: u64) -> Vec<usize> {
+    let mut touched: Vec<usize> = Vec::new();
+    for &c in chunks {
+        let start = c.saturating_mul(CHUNK as u64);
+        if start >= len {
+            continue;
+        }
+        let end = start.saturating_add(CHUNK as u64).min(len);
+        // A chunk straddling a block boundary touches the blocks on both sides.
+        let first = blocks.partition_point(|b| b.uncompressed_range().end <= start);
+        let last = blocks.partition_point(|b| b.uncompressed_range().end < end);
+        let overlapping = blocks.iter().enumerate().take(last + 1).skip(first);
+        for (i, b) in overlapping {
+            if touched.last() != Some(&i) && b.uncompressed_size > 0 {
+                touched.push(i);
+            }
+        }
+    }
+    touched
+}
+
+/// Block `i` as the edited disk has it: the base block if its bytes did not change, else
+/// compressed again.
+fn rebuild(
+    base: &XzDev,
+    disk: &CowDisk,
+    i: usize,
+    staged: &Staged,
+) -> Result<Rebuilt, OutputError> {
+    let block = base.index().blocks()[i];
+    let mut edited = vec![0u8; block.uncompressed_size as usize];
+    disk.read_at(block.uncompressed_offset, &mut edited)
+        .map_err(|e| staged.read_err(e))?;
+    // Decoded afresh, not from the cache, so the base block's integrity check is verified now.
+    let original = base.decode(i).map_err(|e| staged.read_err(e.into()))?;
+    if original == edited {
+        return Ok(Rebuilt::Same);
+    }
+    drop(original);
+    encode_block(&edited, base.index().check()).map_err(|detail| OutputError::Encoder {
+        format: "xz",
+        path: staged.dest().to_path_buf(),
+        detail,
+    })
+}
+
+/// Compress `data` as one xz block at [`PRESET`] with check type `check`; returns the whole
+/// block (header to check) and its unpadded size.
+fn encode_block(data: &[u8], check: u8) -> Result<Rebuilt, String> {
+    // SAFETY: an all-zero lzma_options_lzma is a valid value (integers, null preset dictionary)
+    // that lzma_lzma_preset then fills in.
+    let mut lzma2: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
+    // SAFETY: `lzma2` is a valid, writable lzma_options_lzma for the call.
+    if unsafe { sys::lzma_lzma_preset(&mut lzma2, PRESET) } != 0 {
+        return Err(format!("liblzma does not know preset {PRESET}"));
+    }
+    let mut filters = [
+        sys::lzma_filter {
+            id: sys::LZMA_FILTER_LZMA2,
+            options: (&raw mut lzma2).cast(),
+        },
+        sys::lzma_filter {
+            id: sys::LZMA_VLI_UNKNOWN,
+            options: std::ptr::null_mut(),
+        },
+    ];
+    // SAFETY: an all-zero lzma_block is a valid value; version, check and filters are set below.
+    let mut block: sys::lzma_block = unsafe { std::mem::zeroed() };
+    block.version = 1;
+    block.check = sys::lzma_check::from(check);
+    block.filters = filters.as_mut_ptr();
+    // SAFETY: a pure function of its argument.
+    let bound = unsafe { sys::lzma_block_buffer_bound(data.len()) };
+    if bound == 0 {
+        return Err(format!(
+            "a block of {} bytes is too large to encode",
+            data.len()
+        ));
+    }
+    let mut out: Vec<u8> = Vec::new();
+    out.try_reserve_exact(bound)
+        .map_err(|_| "out of memory for the compressed block".to_string())?;
+    let mut out_pos = 0usize;
+    // SAFETY: the input pointer and length describe `data`; the output pointer is valid for
+    // `bound` bytes of writes (reserved above) and liblzma writes only below `out_pos`; `block`,
+    // `filters` and `lzma2` all outlive the call.
+    let ret = unsafe {
+        sys::lzma_block_buffer_encode(
+            &mut block,
+            std::ptr::null(),
+            data.as_ptr(),
+            data.len(),
+            out.as_mut_ptr(),
+            &mut out_pos,
+            bound,
+        )
+    };
+    if ret != sys::LZMA_OK {
+        return Err(format!("liblzma could not compress a block (error {ret})"));
+    }
+    // SAFETY: liblzma initialised the first `out_pos` bytes, and `out_pos <= bound`, the
+    // reserved capacity.
+    unsafe { out.set_len(out_pos) };
+    // SAFETY: `block` was completed by the encoder; the call only reads it.
+    let unpadded = unsafe { sys::lzma_block_unpadded_size(&block) };
+    if unpadded == 0 || (unpadded + 3) & !3 != out.len() as u64 {
+        return Err("liblzma produced a block of inconsistent size".into());
+    }
+    Ok(Rebuilt::Encoded(out, unpadded))
+}
+
+/// The output stream as it is written, block by block in order.
+struct Out<'a> {
+    sink: Hashing<BufWriter<File>>,
+    file: &'a File,
+    blocks: &'a [XzBlock],
+    /// (unpadded, uncompressed) size of every block written, for the index.
+    records: Vec<(u64, u64)>,
+    /// The next base block to write.
+    next: usize,
+    reencoded: usize,
+    copied_bytes: u64,
+    progress: &'a dyn Progress,
+    buf: Vec<u8>,
+}
+
+impl Out<'_> {
+    /// Copy base blocks verbatim up to (not including) block `end`.
+    fn copy_until(&mut self, end: usize, staged: &Staged) -> Result<(), OutputError> {
+        while self.next < end {
+            let b = self.blocks[self.next];
+            if self.buf.is_empty() {
+                self.buf = vec![0u8; COPY_STEP];
+            }
+            let mut done = 0u64;
+            while done < b.total_size {
+                let n = (b.total_size - done).min(COPY_STEP as u64) as usize;
+                read_exact_at(self.file, b.file_offset + done, &mut self.buf[..n])
+                    .map_err(|e| staged.read_err(e))?;
+                self.sink
+                    .write_all(&self.buf[..n])
+                    .map_err(|e| staged.write_err(e))?;
+                done += n as u64;
+            }
+            self.copied_bytes += b.total_size;
+            self.records.push((b.unpadded_size, b.uncompressed_size));
+            self.finished_block();
+        }
+        Ok(())
+    }
+
+    /// Write a freshly encoded block in place of the next base block.
+    fn put(&mut self, bytes: &[u8], unpadded: u64, staged: &Staged) -> Result<(), OutputError> {
+        let b = self.blocks[self.next];
+        self.sink
+            .write_all(bytes)
+            .map_err(|e| staged.write_err(e))?;
+        self.records.push((unpadded, b.uncompressed_size));
+        self.reencoded += 1;
+        self.finished_block();
+        Ok(())
+    }
+
+    fn finished_block(&mut self) {
+        self.progress
+            .set(self.blocks[self.next].uncompressed_range().end);
+        self.next += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocks(sizes: &[u64]) -> Vec<XzBlock> {
+        let mut at = 0;
+        sizes
+            .iter()
+            .map(|&s| {
+                let b = XzBlock {
+                    file_offset: 0,
+                    total_size: 0,
+                    unpadded_size: 0,
+                    uncompressed_offset: at,
+                    uncompressed_size: s,
+                };
+                at += s;
+                b
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_map_to_the_blocks_they_overlap() {
+        let c = CHUNK as u64;
+        // Boundaries on chunk edges, as xz --block-size makes them, and off them.
+        let aligned = blocks(&[4 * c, 4 * c, 2 * c + 100]);
+        let len = 10 * c + 100;
+        assert_eq!(touched_blocks(&aligned, &[], len), Vec::<usize>::new());
+        assert_eq!(touched_blocks(&aligned, &[3], len), vec![0]);
+        assert_eq!(touched_blocks(&aligned, &[3, 4], len), vec![0, 1]);
+        assert_eq!(touched_blocks(&aligned, &[0, 1, 2], len), vec![0]);
+        assert_eq!(
+            touched_blocks(&aligned, &[10], len),
+            vec![2],
+            "the partial last chunk"
+        );
+        assert_eq!(
+            touched_blocks(&aligned, &[11, 99], len),
+            Vec::<usize>::new()
+        );
+        let odd = blocks(&[c + 10, 10, 5 * c]);
+        assert_eq!(
+            touched_blocks(&odd, &[1], 6 * c + 20),
+            vec![0, 1, 2],
+            "one chunk, three blocks"
+        );
+        assert_eq!(touched_blocks(&odd, &[0], 6 * c + 20), vec![0]);
+        let with_empty = blocks(&[c, 0, c]);
+        assert_eq!(touched_blocks(&with_empty, &[0, 1], 2 * c), vec![0, 2]);
+    }
+}

@@ -1,0 +1,386 @@
+//! `.img.xz` written from an `.img.xz` base by compressing only the blocks that changed, judged
+//! by the system's `xz`: the output tests clean, decodes to the base with the edits applied, keeps
+//! the base's block layout and check type, carries untouched blocks over byte for byte, is the
+//! same on every run, and a damaged block the edits touch fails the write without leaving a file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use pibake::disk::xz::DEFAULT_CACHE_BLOCKS;
+use pibake::disk::{BlockDev, CowDisk, XzDev, XzIndex};
+use pibake::output::xz_patch::{Patched, write_patched};
+use pibake::progress::{Progress, Silent};
+
+const MIB: u64 = 1 << 20;
+
+fn xz(args: &[&str], path: &Path) -> Output {
+    Command::new("xz")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("xz (xz-utils) must be installed")
+}
+
+fn xz_ok(args: &[&str], path: &Path) -> Vec<u8> {
+    let o = xz(args, path);
+    assert!(
+        o.status.success(),
+        "xz {args:?} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// One block as `xz --robot -lv` reports it.
+#[derive(Debug, Clone, PartialEq)]
+struct Listed {
+    file_offset: u64,
+    uncompressed_offset: u64,
+    total_size: u64,
+    uncompressed_size: u64,
+    check: String,
+}
+
+impl Listed {
+    fn bytes<'a>(&self, file: &'a [u8]) -> &'a [u8] {
+        &file[self.file_offset as usize..(self.file_offset + self.total_size) as usize]
+    }
+
+    /// What must not change when blocks are recompressed.
+    fn layout(&self) -> (u64, u64, String) {
+        (
+            self.uncompressed_offset,
+            self.uncompressed_size,
+            self.check.clone(),
+        )
+    }
+}
+
+/// Every block of `path` and the number of streams, per `xz --robot -lv`.
+fn xz_list(path: &Path) -> (Vec<Listed>, usize) {
+    let text = String::from_utf8(xz_ok(&["--robot", "-lv"], path)).unwrap();
+    let blocks = text
+        .lines()
+        .filter(|l| l.starts_with("block\t"))
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let n = |i: usize| f[i].parse::<u64>().unwrap();
+            Listed {
+                file_offset: n(4),
+                uncompressed_offset: n(5),
+                total_size: n(6),
+                uncompressed_size: n(7),
+                check: f[9].to_string(),
+            }
+        })
+        .collect();
+    let streams = text.lines().filter(|l| l.starts_with("stream\t")).count();
+    (blocks, streams)
+}
+
+/// The first MiBs of the bookworm fixture (MBR and the start of the FAT partition, some of it
+/// incompressible), cut so the last block and the last chunk are partial, and that compressed
+/// by `xz` into 1 MiB blocks. Compressed once for all the tests here.
+fn fixture_head() -> &'static (Vec<u8>, Vec<u8>) {
+    static HEAD: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    HEAD.get_or_init(|| {
+        let len = 8 * MIB + 3 * 4096 + 1000;
+        let mut raw = std::fs::read(common::fixture("bookworm")).unwrap();
+        raw.truncate(len as usize);
+        let dir = tempfile::tempdir().unwrap();
+        let raw_path = dir.path().join("base.img");
+        std::fs::write(&raw_path, &raw).unwrap();
+        let compressed = xz_ok(&["-T0", "-6", "--block-size=1MiB", "-c"], &raw_path);
+        (raw, compressed)
+    })
+}
+
+/// The raw fixture head, and its `.xz` written into `dir` for this test to use (and damage).
+fn base_in(dir: &Path) -> (Vec<u8>, PathBuf) {
+    let (raw, compressed) = fixture_head();
+    let path = dir.join("base.img.xz");
+    std::fs::write(&path, compressed).unwrap();
+    (raw.clone(), path)
+}
+
+/// Edits at `(offset, length)`, each byte flipped so it surely differs from the base.
+fn apply(disk: &CowDisk, model: &mut [u8], edits: &[(u64, usize)]) {
+    for &(at, n) in edits {
+        let range = at as usize..at as usize + n;
+        let bytes: Vec<u8> = model[range.clone()].iter().map(|b| b ^ 0xA5).collect();
+        disk.write_at(at, &bytes).unwrap();
+        model[range].copy_from_slice(&bytes);
+    }
+}
+
+fn open(path: &Path, cache: usize) -> (Arc<XzDev>, CowDisk) {
+    let dev = Arc::new(XzDev::open(path, cache).unwrap());
+    let disk = CowDisk::new(dev.clone());
+    (dev, disk)
+}
+
+fn index(path: &Path) -> XzIndex {
+    XzIndex::read(&std::fs::File::open(path).unwrap()).unwrap()
+}
+
+/// Records the end of every block reported.
+#[derive(Default)]
+struct Steps(Mutex<Vec<u64>>);
+
+impl Progress for Steps {
+    fn begin(&self, _what: &str, _total: Option<u64>) {}
+    fn set(&self, done: u64) {
+        self.0.lock().unwrap().push(done);
+    }
+    fn end(&self) {}
+}
+
+fn no_partial_files(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert!(
+            !name.to_string_lossy().ends_with(".partial"),
+            "left behind: {name:?}"
+        );
+    }
+}
+
+#[test]
+fn only_touched_blocks_are_reencoded_and_xz_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut model, base_path) = base_in(dir.path());
+    let len = model.len() as u64;
+    let (base_blocks, base_streams) = xz_list(&base_path);
+    assert_eq!(base_blocks.len(), 9);
+    assert_eq!(base_streams, 1);
+
+    let (dev, disk) = open(&base_path, 16);
+    let edits = [
+        (100, 5),                // block 0
+        (MIB - 3, 10),           // across the 0/1 boundary
+        (3 * MIB + 20480, 8192), // several chunks inside block 3
+        (7 * MIB - 1, 2),        // across 6/7, in incompressible data
+        (len - 1, 1),            // the very last byte, in the partial last block
+    ];
+    apply(&disk, &mut model, &edits);
+    let touched = [0usize, 1, 3, 6, 7, 8];
+
+    let out = dir.path().join("out.img.xz");
+    let steps = Steps::default();
+    let before = dev.blocks_decoded();
+    let p: Patched = write_patched(&dev, &disk, &out, 2, &steps).unwrap();
+    // Every touched block was already cached by the writes; the one fresh decode each is the
+    // integrity check, and no untouched block was decoded at all.
+    assert_eq!(dev.blocks_decoded() - before, touched.len() as u64);
+
+    // The system's xz: tests clean, decodes to the base with the same edits.
+    xz_ok(&["-t"], &out);
+    assert!(
+        xz_ok(&["-dc"], &out) == model,
+        "xz -dc differs from the edited image"
+    );
+
+    // Same layout and check as the base, one stream.
+    let (out_blocks, out_streams) = xz_list(&out);
+    assert_eq!(out_streams, 1);
+    assert_eq!(out_blocks.len(), base_blocks.len());
+    for (b, o) in base_blocks.iter().zip(&out_blocks) {
+        assert_eq!(b.layout(), o.layout(), "uncompressed layout or check");
+    }
+    assert_eq!(
+        out_blocks
+            .iter()
+            .map(|b| (
+                b.file_offset,
+                b.uncompressed_offset,
+                b.total_size,
+                b.uncompressed_size
+            ))
+            .collect::<Vec<_>>(),
+        index(&out)
+            .blocks()
+            .iter()
+            .map(|b| (
+                b.file_offset,
+                b.uncompressed_offset,
+                b.total_size,
+                b.uncompressed_size
+            ))
+            .collect::<Vec<_>>(),
+        "our index reader and xz -l disagree about the output"
+    );
+
+    // Untouched blocks are the base's bytes exactly.
+    let base_bytes = std::fs::read(&base_path).unwrap();
+    let out_bytes = std::fs::read(&out).unwrap();
+    let mut copied = 0;
+    for (i, (b, o)) in base_blocks.iter().zip(&out_blocks).enumerate() {
+        if touched.contains(&i) {
+            continue;
+        }
+        assert!(
+            b.bytes(&base_bytes) == o.bytes(&out_bytes),
+            "untouched block {i} was not copied verbatim"
+        );
+        copied += b.total_size;
+    }
+
+    assert_eq!(p.blocks, 9);
+    assert_eq!(p.reencoded, touched.len());
+    assert_eq!(p.copied_bytes, copied);
+    assert_eq!(p.raw_bytes, len);
+    assert_eq!(p.bytes, out_bytes.len() as u64);
+    assert_eq!(p.sha256, common::sha256(&out));
+    assert_eq!(p.path, out);
+    let steps = steps.0.lock().unwrap().clone();
+    let ends: Vec<u64> = base_blocks
+        .iter()
+        .map(|b| b.uncompressed_offset + b.uncompressed_size)
+        .collect();
+    assert_eq!(steps, ends, "progress once per block, in order");
+
+    // Same inputs, other thread count: the same bytes.
+    let again = dir.path().join("again.img.xz");
+    let q = write_patched(&dev, &disk, &again, 1, &Silent).unwrap();
+    assert_eq!(q.sha256, p.sha256);
+    no_partial_files(dir.path());
+}
+
+#[test]
+fn unchanged_content_is_copied_and_the_base_comes_back_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, base_path) = base_in(dir.path());
+    let (dev, disk) = open(&base_path, DEFAULT_CACHE_BLOCKS);
+    let untouched = dir.path().join("same.img.xz");
+    let p = write_patched(&dev, &disk, &untouched, 2, &Silent).unwrap();
+    assert_eq!(p.reencoded, 0);
+    // A single-stream xz file's header, index and footer are determined by its blocks, so
+    // copying every block reproduces the base file exactly.
+    assert_eq!(p.sha256, common::sha256(&base_path));
+
+    // Writing the bytes that were already there touches chunks but changes no block.
+    disk.write_at(
+        2 * MIB + 17,
+        &model[2 * MIB as usize + 17..2 * MIB as usize + 5000],
+    )
+    .unwrap();
+    assert!(!disk.changed_chunks().is_empty());
+    let rewritten = dir.path().join("rewritten.img.xz");
+    let q = write_patched(&dev, &disk, &rewritten, 2, &Silent).unwrap();
+    assert_eq!(q.reencoded, 0);
+    assert_eq!(q.sha256, p.sha256);
+}
+
+/// A copy of the base with one byte in the middle of block `i`'s compressed data changed.
+fn damage(path: &Path, i: usize) {
+    let idx = index(path);
+    let b = idx.blocks()[i];
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[(b.file_offset + b.total_size / 2) as usize] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn damage_in_a_touched_block_fails_the_write_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut model, base_path) = base_in(dir.path());
+    // A cache of one block, so block 5's decoded copy from the write below is gone by the time
+    // the output is written.
+    let (dev, disk) = open(&base_path, 1);
+    apply(&disk, &mut model, &[(5 * MIB + 4096, 100)]);
+    damage(&base_path, 5);
+    let mut evict = [0u8; 1];
+    dev.read_at(0, &mut evict).unwrap();
+
+    let out = dir.path().join("out.img.xz");
+    let e = write_patched(&dev, &disk, &out, 2, &Silent).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("xz block 5"), "{msg}");
+    assert!(
+        msg.contains(&format!("uncompressed offset {}", 5 * MIB)),
+        "{msg}"
+    );
+    assert!(!out.exists(), "nothing may be left at the destination");
+    no_partial_files(dir.path());
+}
+
+#[test]
+fn damage_in_an_untouched_block_is_carried_over_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut model, base_path) = base_in(dir.path());
+    let (dev, disk) = open(&base_path, 2);
+    apply(&disk, &mut model, &[(100, 5)]);
+    damage(&base_path, 4);
+    let out = dir.path().join("out.img.xz");
+    let p = write_patched(&dev, &disk, &out, 2, &Silent).unwrap();
+    assert_eq!(p.reencoded, 1);
+    // Documented trade-off: block 4 is copied undecoded, with its original check, so the
+    // damage stays exactly as detectable as in the base.
+    let (base_blocks, _) = xz_list(&base_path);
+    let (out_blocks, _) = xz_list(&out);
+    let out_bytes = std::fs::read(&out).unwrap();
+    let base_bytes = std::fs::read(&base_path).unwrap();
+    assert!(out_blocks[4].bytes(&out_bytes) == base_blocks[4].bytes(&base_bytes));
+    assert!(!xz(&["-t"], &base_path).status.success());
+    assert!(!xz(&["-t"], &out).status.success());
+}
+
+/// Compressible bytes with some noise, `len` long.
+fn sample(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if (i / 4096) % 3 == 0 {
+                x as u8
+            } else {
+                (i / 7) as u8
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn other_checks_and_concatenated_streams_are_kept_as_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    for check in ["crc32", "sha256", "none"] {
+        // Two streams with stream padding between them, as `cat a.xz b.xz` and friends make.
+        let mut file = Vec::new();
+        let mut model = Vec::new();
+        for (k, len) in [(1u64, 200_000usize), (2, 150_001)] {
+            let data = sample(len, k);
+            let raw = dir.path().join(format!("part{k}.raw"));
+            std::fs::write(&raw, &data).unwrap();
+            file.extend(xz_ok(
+                &["-T1", "--block-size=65536", "-C", check, "-c"],
+                &raw,
+            ));
+            file.extend_from_slice(&[0; 4]);
+            model.extend(data);
+        }
+        let base_path = dir.path().join(format!("{check}.xz"));
+        std::fs::write(&base_path, &file).unwrap();
+        let (base_blocks, base_streams) = xz_list(&base_path);
+        assert_eq!(base_streams, 2);
+
+        let (dev, disk) = open(&base_path, 2);
+        apply(&disk, &mut model, &[(199_990, 20), (300_000, 1)]);
+        let out = dir.path().join(format!("{check}.out.xz"));
+        let p = write_patched(&dev, &disk, &out, 3, &Silent).unwrap();
+        assert_eq!(p.reencoded, 3, "{check}: blocks 3, 4 and 5");
+        if check != "none" {
+            xz_ok(&["-t"], &out);
+        }
+        assert!(xz_ok(&["-dc"], &out) == model, "{check}: xz -dc differs");
+        let (out_blocks, out_streams) = xz_list(&out);
+        assert_eq!(out_streams, 1, "{check}");
+        let layout = |v: &[Listed]| v.iter().map(Listed::layout).collect::<Vec<_>>();
+        assert_eq!(layout(&out_blocks), layout(&base_blocks), "{check}");
+    }
+}
