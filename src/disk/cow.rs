@@ -59,36 +59,48 @@ impl CowDisk {
     }
 
     /// Read `buf.len()` bytes at `offset`, seeing every write made so far.
+    ///
+    /// Changed chunks are copied under the lock; the base is read after it is released, so
+    /// readers in parallel (the output encoders) decode an `.xz` base in parallel too. Reads
+    /// racing a write to the same bytes may see either version, as with any file.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check_bounds(offset, buf.len(), self.len())?;
-        let state = self.lock();
-        if state.chunks.is_empty() {
-            return self.base.read_at(offset, buf);
-        }
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let index = pos / CHUNK as u64;
-            let within = (pos % CHUNK as u64) as usize;
-            match state.chunks.get(&index) {
-                Some(chunk) => {
-                    let n = (CHUNK - within).min(buf.len() - done);
-                    buf[done..done + n].copy_from_slice(&chunk[within..within + n]);
-                    done += n;
-                }
-                None => {
-                    // Read the whole run of clean chunks up to the next changed one in one call.
-                    let next_dirty = state
-                        .chunks
-                        .range(index + 1..)
-                        .next()
-                        .map(|(i, _)| i * CHUNK as u64)
-                        .unwrap_or(u64::MAX);
-                    let n = ((next_dirty - pos) as usize).min(buf.len() - done);
-                    self.base.read_at(pos, &mut buf[done..done + n])?;
-                    done += n;
+        let mut from_base: Vec<(usize, usize)> = Vec::new();
+        {
+            let state = self.lock();
+            if state.chunks.is_empty() {
+                drop(state);
+                return self.base.read_at(offset, buf);
+            }
+            let mut done = 0usize;
+            while done < buf.len() {
+                let pos = offset + done as u64;
+                let index = pos / CHUNK as u64;
+                let within = (pos % CHUNK as u64) as usize;
+                match state.chunks.get(&index) {
+                    Some(chunk) => {
+                        let n = (CHUNK - within).min(buf.len() - done);
+                        buf[done..done + n].copy_from_slice(&chunk[within..within + n]);
+                        done += n;
+                    }
+                    None => {
+                        // The whole run of clean chunks up to the next changed one, in one read.
+                        let next_dirty = state
+                            .chunks
+                            .range(index + 1..)
+                            .next()
+                            .map(|(i, _)| i * CHUNK as u64)
+                            .unwrap_or(u64::MAX);
+                        let n = ((next_dirty - pos) as usize).min(buf.len() - done);
+                        from_base.push((done, n));
+                        done += n;
+                    }
                 }
             }
+        }
+        for (at, n) in from_base {
+            self.base
+                .read_at(offset + at as u64, &mut buf[at..at + n])?;
         }
         Ok(())
     }
@@ -184,6 +196,36 @@ impl CowDisk {
         self.lock().chunks.keys().copied().collect()
     }
 
+    /// Byte ranges covered by changed chunks, merged where they touch, ascending; the last may
+    /// end at the disk's end rather than a chunk boundary.
+    pub fn changed_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        let len = self.len();
+        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+        for i in self.changed_chunks() {
+            let start = i * CHUNK as u64;
+            let end = (start + CHUNK as u64).min(len);
+            match out.last_mut() {
+                Some(last) if last.end == start => last.end = end,
+                _ => out.push(start..end),
+            }
+        }
+        out
+    }
+
+    /// SHA-256 over every changed chunk's index and content: equal digests over the same base
+    /// mean byte-identical disks.
+    pub fn changes_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let state = self.lock();
+        let mut h = Sha256::new();
+        h.update(self.len().to_le_bytes());
+        for (i, chunk) in &state.chunks {
+            h.update(i.to_le_bytes());
+            h.update(&chunk[..]);
+        }
+        hex::encode(h.finalize())
+    }
+
     /// Bytes held by the layer.
     pub fn changed_bytes(&self) -> u64 {
         self.lock().chunks.len() as u64 * CHUNK as u64
@@ -261,5 +303,25 @@ mod tests {
         cow.read_at(0, &mut all).unwrap();
         assert_eq!(all, model);
         assert!(cow.changed_chunks().is_empty());
+    }
+
+    #[test]
+    fn changed_ranges_merge_neighbours_and_the_digest_follows_content() {
+        let (cow, _) = disk(6 * CHUNK + 100);
+        cow.write_at(CHUNK as u64 + 1, &[1; 10]).unwrap();
+        cow.write_at(2 * CHUNK as u64, &[2; 10]).unwrap();
+        cow.write_at(6 * CHUNK as u64 + 50, &[3; 10]).unwrap();
+        let len = 6 * CHUNK as u64 + 100;
+        assert_eq!(
+            cow.changed_ranges(),
+            vec![CHUNK as u64..3 * CHUNK as u64, 6 * CHUNK as u64..len]
+        );
+        let (other, _) = disk(6 * CHUNK + 100);
+        other.write_at(2 * CHUNK as u64, &[2; 10]).unwrap();
+        other.write_at(CHUNK as u64 + 1, &[1; 10]).unwrap();
+        other.write_at(6 * CHUNK as u64 + 50, &[3; 10]).unwrap();
+        assert_eq!(cow.changes_digest(), other.changes_digest());
+        other.write_at(6 * CHUNK as u64 + 50, &[4; 1]).unwrap();
+        assert_ne!(cow.changes_digest(), other.changes_digest());
     }
 }

@@ -116,7 +116,7 @@ mod tests {
             bytes: 10,
             sha256: "aa".into(),
             raw_bytes: 100,
-            raw_sha256: "bb".into(),
+            raw_sha256: Some("bb".into()),
         };
         let info = EntryInfo {
             name: "Cluster master".into(),

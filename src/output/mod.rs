@@ -17,7 +17,9 @@ use crate::disk::CowDisk;
 use crate::progress::Progress;
 
 pub mod bmap;
+pub mod clone;
 pub mod flash;
+mod hash_behind;
 pub mod imager;
 pub mod raw;
 mod used;
@@ -154,8 +156,10 @@ pub struct Written {
     pub sha256: String,
     /// Length in bytes of the raw image inside.
     pub raw_bytes: u64,
-    /// SHA-256 of the raw image inside, hex.
-    pub raw_sha256: String,
+    /// SHA-256 of the raw image inside, hex; `None` when the route that wrote the file never saw
+    /// every raw byte (an `.img.xz` patched from an `.img.xz` base copies untouched blocks
+    /// compressed).
+    pub raw_sha256: Option<String>,
 }
 
 /// Write `disk` to `dest` in the format its name asks for (see [`Format::from_path`]).
@@ -269,8 +273,9 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Stream the whole of `disk` into `sink`, hashing it; returns the raw image's SHA-256.
-/// Errors are tagged: `Err(Ok(e))` a read of the image failed, `Err(Err(e))` the sink failed.
+/// Stream the whole of `disk` into `sink`, hashing it on a helper thread; returns the raw
+/// image's SHA-256. Errors are tagged: `Err(Ok(e))` a read of the image failed, `Err(Err(e))`
+/// the sink failed.
 pub(crate) fn stream_disk(
     disk: &CowDisk,
     sink: &mut dyn Write,
@@ -279,19 +284,21 @@ pub(crate) fn stream_disk(
 ) -> Result<String, Result<io::Error, io::Error>> {
     let len = disk.len();
     progress.begin(what, Some(len));
-    let mut sha = Sha256::new();
-    let mut buf = vec![0u8; READ_STEP];
-    let mut pos = 0u64;
-    while pos < len {
-        let n = (len - pos).min(READ_STEP as u64) as usize;
-        disk.read_at(pos, &mut buf[..n]).map_err(Ok)?;
-        sha.update(&buf[..n]);
-        sink.write_all(&buf[..n]).map_err(Err)?;
-        pos += n as u64;
-        progress.set(pos);
-    }
+    let ((), sha) = hash_behind::with_background_hash(READ_STEP, |feed| {
+        let mut pos = 0u64;
+        while pos < len {
+            let n = (len - pos).min(READ_STEP as u64) as usize;
+            let mut buf = feed.buffer();
+            disk.read_at(pos, &mut buf[..n]).map_err(Ok)?;
+            sink.write_all(&buf[..n]).map_err(Err)?;
+            feed.hash(buf, n);
+            pos += n as u64;
+            progress.set(pos);
+        }
+        Ok(())
+    })?;
     progress.end();
-    Ok(hex::encode(sha.finalize()))
+    Ok(sha)
 }
 
 /// Worker threads for the compressors: every core, at least one.

@@ -65,6 +65,6 @@ pub fn write_with_threads(
         bytes,
         sha256,
         raw_bytes: disk.len(),
-        raw_sha256: raw_sha,
+        raw_sha256: Some(raw_sha),
     })
 }

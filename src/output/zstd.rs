@@ -64,6 +64,6 @@ pub fn write_with_workers(
         bytes,
         sha256,
         raw_bytes: disk.len(),
-        raw_sha256: raw_sha,
+        raw_sha256: Some(raw_sha),
     })
 }
