@@ -5,10 +5,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::json;
 
+use crate::acquire::AcquireOptions;
+use crate::acquire::cache::{self, Cache, ImageMeta};
 use crate::disk::Image;
+use crate::disk::image::Access;
 use crate::facts::{self, Facts};
 use crate::fs::ext4::Ext4;
 use crate::fs::fat::Fat;
+use crate::output::{Format, Written};
 use crate::overlay::Overlay;
 use crate::plan::{self, Plan, StackChoice};
 use crate::progress::Progress;
@@ -27,6 +31,8 @@ pub struct Options {
     pub overlays: Vec<PathBuf>,
     /// Timestamp for everything written; `None` = recipe, then `SOURCE_DATE_EPOCH`, then now.
     pub epoch: Option<i64>,
+    /// Where bases come from, the cache, and how downloads are checked.
+    pub acquire: AcquireOptions,
 }
 
 /// Inputs resolved and opened, ready to plan against.
@@ -35,6 +41,10 @@ pub struct Prepared {
     pub recipe: Validated,
     /// The base image path.
     pub base: PathBuf,
+    /// SHA-256 of the base file (the cache's key for its decoded image).
+    pub base_sha256: String,
+    /// The cache of decoded bases and derived hashes.
+    pub cache: Cache,
     /// The opened image (copy-on-write over the base).
     pub image: Image,
     /// The root filesystem, writable into the layer.
@@ -92,27 +102,21 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         .or_else(|| v.recipe.image.base.clone())
         .ok_or(NoBase)?;
     let mut base = resolve_base(&base_name, &opts.recipe);
-    if !base.exists() {
-        // Not a local file: an OS-list name or a URL, fetched, verified and cached.
-        let acquired = crate::acquire::resolve(
-            &base_name,
-            &crate::acquire::AcquireOptions::default(),
-            progress,
-        )?;
-        base = acquired.image;
-    }
+    let cache = Cache::open(&opts.acquire.cache_dir)?;
     let (epoch, epoch_source) = epoch(opts, &v)?;
-    let mut started = false;
-    let image = Image::open_with_progress(&base, &mut |done| {
-        if !started {
-            progress.begin("decoding base", None);
-            started = true;
-        }
-        progress.set(done);
-    })?;
-    if started {
-        progress.end();
-    }
+    let image = if base.exists() {
+        open_local(&base, &cache, &opts.acquire, progress)?
+    } else {
+        // Not a local file: an OS-list name or a URL, fetched, verified, decoded and cached.
+        let remote = AcquireOptions {
+            prefer_compressed: true,
+            ..opts.acquire.clone()
+        };
+        let acquired = crate::acquire::resolve(&base_name, &remote, progress)?;
+        base = acquired.image;
+        Image::open(&base)?
+    };
+    let base_sha256 = cache.hash_local(&base, progress)?;
     let root_part = image.root()?.clone();
     let boot_part = image.boot()?.clone();
     let mut root = Ext4::open(
@@ -132,6 +136,8 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
     Ok(Prepared {
         recipe: v,
         base,
+        base_sha256,
+        cache,
         image,
         root,
         boot,
@@ -141,6 +147,32 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         recipe_path: opts.recipe.clone(),
         overlay_dirs: opts.overlays.clone(),
     })
+}
+
+/// Open a local base: raw and multi-block `.xz` files in place; anything that can only be read
+/// from the start (gzip, zstd, zip, a single-block `.xz`) decoded once into the cache.
+fn open_local(
+    path: &Path,
+    cache: &Cache,
+    acquire: &AcquireOptions,
+    progress: &dyn Progress,
+) -> anyhow::Result<Image> {
+    let (compression, access) = Image::probe(path)?;
+    let Access::Decoded { reason } = access else {
+        return Ok(Image::open(path)?);
+    };
+    let local = crate::acquire::AcquireOptions {
+        cache_dir: cache.root().to_path_buf(),
+        ..acquire.clone()
+    };
+    let acquired = crate::acquire::resolve(&path.display().to_string(), &local, progress)?;
+    let mut decoded = Image::open(&acquired.image)?;
+    decoded.source = path.to_path_buf();
+    decoded.compression = compression;
+    decoded.access = Access::Decoded {
+        reason: format!("{reason}; the decoded image is kept in the cache"),
+    };
+    Ok(decoded)
 }
 
 /// A relative base path in the recipe is relative to the recipe's directory.
@@ -184,6 +216,8 @@ pub struct ImagerRequest {
 pub struct Built {
     /// The image written.
     pub output: crate::output::Written,
+    /// How it was produced from the base.
+    pub route: Route,
     /// The block map, when asked for.
     pub bmap: Option<crate::output::bmap::BmapWritten>,
     /// The Imager repository file, when asked for.
@@ -204,7 +238,11 @@ pub fn build(
     extras: &Extras,
     progress: &dyn Progress,
 ) -> anyhow::Result<Built> {
-    let (report, output) = apply_and_write(p, out, progress)?;
+    let (report, mut output, route) = apply_and_write(p, out, true, progress)?;
+    if output.raw_sha256.is_none() && extras.imager.is_some() {
+        // Imager checks the extracted image's SHA-256: the one thing the patch route skipped.
+        output.raw_sha256 = Some(raw_sha256(p, progress)?);
+    }
     let mut outputs = vec![json!({
         "path": output.path,
         "format": output.format,
@@ -212,6 +250,7 @@ pub fn build(
         "sha256": output.sha256,
         "raw_bytes": output.raw_bytes,
         "raw_sha256": output.raw_sha256,
+        "route": route,
     })];
     let bmap = if extras.bmap {
         let ranges = crate::output::bmap::mapped_ranges(&p.image)?;
@@ -237,11 +276,15 @@ pub fn build(
         }
         None => None,
     };
-    let base_sha = sha256_file(&p.base).with_context(|| format!("hashing {}", p.base.display()))?;
     let manifest = json!({
         "pibake": env!("CARGO_PKG_VERSION"),
         "inputs": {
-            "base": { "path": p.base, "sha256": base_sha, "compression": p.image.compression },
+            "base": {
+                "path": p.base,
+                "sha256": p.base_sha256,
+                "compression": p.image.compression,
+                "access": p.image.access,
+            },
             "recipe": {
                 "path": p.recipe_path,
                 "sha256": sha256_file(&p.recipe_path)?,
@@ -268,6 +311,7 @@ pub fn build(
     tmp.persist(&manifest_path).map_err(|e| e.error)?;
     Ok(Built {
         output,
+        route,
         bmap,
         imager,
         manifest: manifest_path,
@@ -304,15 +348,184 @@ fn imager_info(p: &Prepared, req: &ImagerRequest) -> crate::output::imager::Entr
     }
 }
 
-/// Apply the plan into the copy-on-write layer and write the result to `out`.
+/// How the output was produced from the base: the manifest records it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Route {
+    /// Every byte of the image was read from the base (plus changes) and written by the
+    /// output's encoder.
+    Full,
+    /// `.img.xz` from an `.img.xz` base: untouched xz blocks copied as they are, touched ones
+    /// re-encoded.
+    XzPatch {
+        /// Blocks in the output.
+        blocks: usize,
+        /// Blocks re-encoded because the build changed them.
+        reencoded: usize,
+        /// Compressed bytes copied verbatim from the base.
+        copied_bytes: u64,
+    },
+    /// Raw output from an `.img.xz` base whose decoded copy was not cached: every block decoded
+    /// once in parallel, the changes laid over it; the decoded base is now cached.
+    XzDecode {
+        /// Whether the decoded base entered the cache.
+        cached: bool,
+    },
+    /// Raw output cloned from the cached decoded base, then only the changed blocks written.
+    CachedCopy {
+        /// How the copy was made.
+        method: crate::output::clone::CloneMethod,
+        /// True when the result's SHA-256 was already known for this base and these changes.
+        hash_reused: bool,
+    },
+}
+
+impl Route {
+    /// A few words for the build summary.
+    pub fn describe(&self) -> String {
+        match self {
+            Route::Full => "every block encoded".into(),
+            Route::XzPatch {
+                blocks, reencoded, ..
+            } => format!(
+                "{} of {blocks} xz blocks copied verbatim, {reencoded} re-encoded",
+                blocks - reencoded
+            ),
+            Route::XzDecode { cached: true } => {
+                "base decoded once (kept in the cache for the next build)".into()
+            }
+            Route::XzDecode { cached: false } => "base decoded once".into(),
+            Route::CachedCopy {
+                method,
+                hash_reused,
+            } => format!(
+                "copied from the cached decoded base ({}){}",
+                match method {
+                    crate::output::clone::CloneMethod::Reflink => "reflink",
+                    crate::output::clone::CloneMethod::KernelCopy => "in-kernel copy",
+                    crate::output::clone::CloneMethod::ReadWrite => "read and write",
+                },
+                if *hash_reused { ", hash known" } else { "" }
+            ),
+        }
+    }
+}
+
+/// Apply the plan into the copy-on-write layer and write the result to `out` by the cheapest
+/// route the base and the output format allow. `trust_cache` lets a cached decoded base and a
+/// remembered result hash stand in for decoding and hashing (never for `verify`).
 fn apply_and_write(
     p: &mut Prepared,
     out: &Path,
+    trust_cache: bool,
     progress: &dyn Progress,
-) -> anyhow::Result<(crate::apply::Report, crate::output::Written)> {
+) -> anyhow::Result<(crate::apply::Report, Written, Route)> {
     let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
-    let written = crate::output::write(&p.image.disk, out, progress)?;
-    Ok((report, written))
+    let format = Format::from_path(out)?;
+    let disk = &p.image.disk;
+    let Some(xz) = p.image.xz.clone() else {
+        return Ok((
+            report,
+            crate::output::write(disk, out, progress)?,
+            Route::Full,
+        ));
+    };
+    match format {
+        Format::Xz => {
+            let threads = crate::output::threads() as usize;
+            let w = crate::output::xz_patch::write_patched(&xz, disk, out, threads, progress)?;
+            let route = Route::XzPatch {
+                blocks: w.blocks,
+                reencoded: w.reencoded,
+                copied_bytes: w.copied_bytes,
+            };
+            let written = Written {
+                path: w.path,
+                format: Format::Xz,
+                bytes: w.bytes,
+                sha256: w.sha256,
+                raw_bytes: w.raw_bytes,
+                raw_sha256: None,
+            };
+            Ok((report, written, route))
+        }
+        Format::Raw => {
+            let derived = cache::derived_key(&p.base_sha256, &disk.changes_digest());
+            let cached = if trust_cache {
+                p.cache.find_image(&p.base_sha256)
+            } else {
+                None
+            };
+            if let Some((copy, _)) = cached {
+                let known = p.cache.find_derived(&derived);
+                let (written, method) = crate::output::raw::write_from_copy(
+                    &copy,
+                    disk,
+                    out,
+                    known.as_deref(),
+                    progress,
+                )?;
+                if let (None, Some(sha)) = (&known, &written.raw_sha256) {
+                    // Only an optimisation for the next build: failing to record it is harmless.
+                    let _ = p.cache.record_derived(&derived, sha);
+                }
+                let route = Route::CachedCopy {
+                    method,
+                    hash_reused: known.is_some(),
+                };
+                return Ok((report, written, route));
+            }
+            // One pass over the base: the output, and the decoded base for the next build.
+            let keep = if trust_cache {
+                p.cache.temp_image().ok()
+            } else {
+                None
+            };
+            let (written, base_sha) = crate::output::raw::write_from_xz(
+                &xz,
+                disk,
+                out,
+                keep.as_ref().map(|t| t.as_file()),
+                progress,
+            )?;
+            let mut cached = false;
+            if let (Some(tmp), Some(image_sha256)) = (keep, base_sha) {
+                let meta = ImageMeta {
+                    key: p.base_sha256.clone(),
+                    image_sha256,
+                    size: disk.len(),
+                    compression: "xz".into(),
+                    origin: p.base.display().to_string(),
+                    verification: crate::acquire::Verification::local_unchecked(&p.base_sha256),
+                    created: cache::now_secs(),
+                };
+                cached = p.cache.commit_image(tmp, &meta).is_ok();
+                if let Some(sha) = &written.raw_sha256 {
+                    let _ = p.cache.record_derived(&derived, sha);
+                }
+            }
+            Ok((report, written, Route::XzDecode { cached }))
+        }
+        Format::Zstd => Ok((
+            report,
+            crate::output::write(disk, out, progress)?,
+            Route::Full,
+        )),
+    }
+}
+
+/// SHA-256 of the built raw image, read through the copy-on-write layer (decoding an `.xz`
+/// base's blocks in parallel).
+fn raw_sha256(p: &Prepared, progress: &dyn Progress) -> anyhow::Result<String> {
+    crate::output::stream_disk(
+        &p.image.disk,
+        &mut std::io::sink(),
+        "hashing image",
+        progress,
+    )
+    .map_err(|e| match e {
+        Ok(e) | Err(e) => anyhow::Error::from(e),
+    })
 }
 
 /// SHA-256 of a file, hex, streamed.
@@ -357,7 +570,11 @@ pub struct Verified {
 }
 
 /// Rebuild what `manifest` describes and compare the result's sha256 with the one recorded.
-pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verified> {
+pub fn verify(
+    manifest: &Path,
+    acquire: &AcquireOptions,
+    progress: &dyn Progress,
+) -> anyhow::Result<Verified> {
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("reading {}", manifest.display()))?;
     let bad = |what: &str| VerifyError::BadManifest {
@@ -403,8 +620,14 @@ pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verifi
     let epoch = inputs["epoch"]
         .as_i64()
         .ok_or_else(|| bad("inputs.epoch"))?;
-    // The raw image is what is compared, whatever format the build wrote.
-    let expected = s(&m["outputs"][0]["raw_sha256"], "outputs[0].raw_sha256")?;
+    // The raw image is what is compared, whatever format the build wrote; a patched .img.xz
+    // (no raw hash recorded) is rebuilt the same way and compared as a file.
+    let by_raw = !m["outputs"][0]["raw_sha256"].is_null();
+    let expected = if by_raw {
+        s(&m["outputs"][0]["raw_sha256"], "outputs[0].raw_sha256")?
+    } else {
+        s(&m["outputs"][0]["sha256"], "outputs[0].sha256")?
+    };
     let out_path = PathBuf::from(s(&m["outputs"][0]["path"], "outputs[0].path")?);
     let opts = Options {
         recipe,
@@ -412,6 +635,7 @@ pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verifi
         stack,
         overlays,
         epoch: Some(epoch),
+        acquire: acquire.clone(),
     };
     let prepared = prepare(&opts, progress)?;
     // Rebuild beside the original so the comparison never depends on a temp filesystem's space.
@@ -421,12 +645,14 @@ pub fn verify(manifest: &Path, progress: &dyn Progress) -> anyhow::Result<Verifi
         .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".pibake-verify-")
-        .suffix(".img")
+        .suffix(if by_raw { ".img" } else { ".img.xz" })
         .tempfile_in(dir)?;
     let mut p = prepared;
-    let (_, written) = apply_and_write(&mut p, tmp.path(), progress)?;
-    Ok(Verified {
-        expected,
-        actual: written.raw_sha256,
-    })
+    let (_, written, _) = apply_and_write(&mut p, tmp.path(), false, progress)?;
+    let actual = if by_raw {
+        written.raw_sha256.unwrap_or_default()
+    } else {
+        written.sha256
+    };
+    Ok(Verified { expected, actual })
 }

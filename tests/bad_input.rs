@@ -151,7 +151,8 @@ fn corrupt_xz_names_where_it_broke() {
         fixture("bookworm").display(),
         p.display()
     ));
-    refused(&p, "xz data is corrupt or truncated");
+    // The index at the end is read first, so a cut-short file is named as such at once.
+    refused(&p, "truncated");
 }
 
 #[test]

@@ -54,6 +54,19 @@ pub struct DownloadMeta {
     pub created: u64,
 }
 
+/// A derived image's hash (`derived/<key>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Derived {
+    key: String,
+    sha256: String,
+}
+
+/// The key under which a derived image's hash is remembered: the cache key of its base and the
+/// digest of the changes made to it ([`crate::disk::CowDisk::changes_digest`]).
+pub fn derived_key(base_key: &str, changes_digest: &str) -> String {
+    sha256_hex(format!("pibake-derived-v1\n{base_key}\n{changes_digest}\n").as_bytes())
+}
+
 /// One entry of `pibake cache ls`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheEntry {
@@ -80,7 +93,7 @@ pub struct CleanReport {
     pub freed: u64,
 }
 
-const SUBDIRS: &[&str] = &["downloads", "images", "hashes", "tmp"];
+const SUBDIRS: &[&str] = &["downloads", "images", "hashes", "derived", "tmp"];
 
 /// The default cache directory: `$XDG_CACHE_HOME/pibake`, else the platform's cache directory.
 pub fn default_dir() -> PathBuf {
@@ -234,6 +247,30 @@ impl Cache {
             .map_err(|e| self.io("cannot move into the cache", &dest, e.error))?;
         self.write_json(&self.image_meta_path(&meta.key), meta)?;
         Ok(dest)
+    }
+
+    /// The SHA-256 recorded by [`Cache::record_derived`] for `key`, if any.
+    pub fn find_derived(&self, key: &str) -> Option<String> {
+        let path = self.derived_path(key);
+        let d: Derived = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
+        (d.key == key).then(|| {
+            touch(&path);
+            d.sha256
+        })
+    }
+
+    /// Remember that the image derived as `key` (a cached decoded base plus a set of changes,
+    /// see [`derived_key`]) has SHA-256 `sha256`, so an identical rebuild need not hash it.
+    pub fn record_derived(&self, key: &str, sha256: &str) -> Result<(), AcquireError> {
+        let d = Derived {
+            key: key.to_string(),
+            sha256: sha256.to_string(),
+        };
+        self.write_json(&self.derived_path(key), &d)
+    }
+
+    fn derived_path(&self, key: &str) -> PathBuf {
+        self.root.join("derived").join(format!("{key}.json"))
     }
 
     fn write_json<T: Serialize>(&self, path: &Path, v: &T) -> Result<(), AcquireError> {

@@ -71,6 +71,9 @@ pub struct AcquireOptions {
     pub timeout: Duration,
     /// Use `HTTP(S)_PROXY`, `ALL_PROXY` and `NO_PROXY` from the environment.
     pub use_env_proxy: bool,
+    /// Return a verified multi-block `.xz` download as it is, without decoding it, when it can be
+    /// read at random (what builds want: they decode only the blocks they touch).
+    pub prefer_compressed: bool,
     /// Test seam: the download writer fails with "no space left on device" after this many
     /// bytes. Always `None` outside tests.
     #[doc(hidden)]
@@ -90,6 +93,7 @@ impl Default for AcquireOptions {
             timeout: Duration::from_secs(60),
             use_env_proxy: true,
             fail_writes_after: None,
+            prefer_compressed: false,
         }
     }
 }
@@ -110,6 +114,20 @@ pub struct Verification {
     pub image_sha256_checked: bool,
     /// The OpenPGP signature check, when `--signing-key` was given.
     pub signature: Option<SignatureCheck>,
+}
+
+impl Verification {
+    /// A local file nobody gave a checksum for, whose SHA-256 is `sha256`.
+    pub fn local_unchecked(sha256: &str) -> Self {
+        Verification {
+            method: VerifyMethod::LocalUnchecked,
+            download_sha256: Some(sha256.to_string()),
+            download_sha256_checked: false,
+            image_sha256: String::new(),
+            image_sha256_checked: false,
+            signature: None,
+        }
+    }
 }
 
 /// Where the expected checksums came from.
@@ -171,7 +189,8 @@ pub enum Origin {
 /// A base image ready to open.
 #[derive(Debug, Clone, Serialize)]
 pub struct Acquired {
-    /// The raw image: in the cache, or a local raw file used in place. Never write to it.
+    /// The image to open: the raw image in the cache, a local raw file used in place, or (with
+    /// [`AcquireOptions::prefer_compressed`]) a multi-block `.xz` download. Never write to it.
     pub image: PathBuf,
     /// Where it came from.
     pub origin: Origin,
@@ -396,6 +415,11 @@ fn fetch_and_decode(
     method: VerifyMethod,
     progress: &dyn Progress,
 ) -> Result<Acquired, AcquireError> {
+    if opts.prefer_compressed {
+        if let Some(hit) = compressed_in_place(http, cache, opts, t, &origin, method, progress)? {
+            return Ok(hit);
+        }
+    }
     // Fast path: the decoded image is cached, so neither download nor decode.
     if let Some(sha) = t.sha256 {
         if opts.signing_key.is_none() {
@@ -438,6 +462,60 @@ fn fetch_and_decode(
         verification,
         progress,
     )
+}
+
+/// The verified download itself, when it is an `.xz` that can be read at random; `None` when it
+/// must be decoded whole (or nothing is cached and the decoded image is: then that is cheaper).
+fn compressed_in_place(
+    http: &Http,
+    cache: &Cache,
+    opts: &AcquireOptions,
+    t: &Target<'_>,
+    origin: &Origin,
+    method: VerifyMethod,
+    progress: &dyn Progress,
+) -> Result<Option<Acquired>, AcquireError> {
+    let cached = t
+        .sha256
+        .and_then(|s| cache.find_download(s).map(|p| (p, s.to_string())));
+    let (file, sha, from_cache) = match cached {
+        Some((p, s)) => (p, s, true),
+        None => {
+            let decoded_cached = t.sha256.is_some_and(|s| cache.find_image(s).is_some());
+            if decoded_cached {
+                return Ok(None);
+            }
+            let (p, s) = download_verified(http, cache, t, progress)?;
+            (p, s, false)
+        }
+    };
+    if decompress::detect(&file).ok() != Some(Compression::Xz) {
+        return Ok(None);
+    }
+    let Ok(dev) = crate::disk::xz::XzDev::open(&file, 0) else {
+        return Ok(None);
+    };
+    let signature = match &opts.signing_key {
+        Some(key) => Some(signature::verify(http, t.url, &file, key)?),
+        None => None,
+    };
+    Ok(Some(Acquired {
+        image: file,
+        origin: origin.clone(),
+        compression: Compression::Xz,
+        compressed_sha256: Some(sha.clone()),
+        image_sha256: String::new(),
+        image_size: crate::disk::BlockDev::len(&dev),
+        verification: Verification {
+            method,
+            download_sha256: Some(sha),
+            download_sha256_checked: t.sha256.is_some(),
+            image_sha256: String::new(),
+            image_sha256_checked: false,
+            signature,
+        },
+        from_cache,
+    }))
 }
 
 fn cached_image(

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::Ui;
+use super::fetch::BaseArgs;
 use crate::bake::{self, Extras, ImagerRequest, Options};
 use crate::plan::StackChoice;
 
@@ -25,6 +26,8 @@ pub struct Common {
     /// `[build] epoch`, then SOURCE_DATE_EPOCH, then now.
     #[arg(long)]
     pub epoch: Option<i64>,
+    #[command(flatten)]
+    pub acquire: BaseArgs,
 }
 
 impl Common {
@@ -35,6 +38,7 @@ impl Common {
             stack: self.stack,
             overlays: self.overlays.clone(),
             epoch: self.epoch,
+            acquire: self.acquire.options(),
         }
     }
 }
@@ -106,8 +110,11 @@ pub struct BuildArgs {
 pub fn plan(args: &PlanArgs, ui: &Ui) -> anyhow::Result<()> {
     let p = bake::prepare(&args.common.options(), ui.progress.as_ref())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&p.plan.redacted_json())?);
+        let mut j = p.plan.redacted_json();
+        j["base_access"] = serde_json::to_value(&p.image.access)?;
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
+        println!("Base: {}", p.image.access.describe());
         print!("{}", p.plan.render_text());
     }
     Ok(())
@@ -137,11 +144,13 @@ pub fn build(args: &BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     };
     let built = bake::build(&mut p, &args.output, &extras, ui.progress.as_ref())?;
     eprintln!(
-        "built {} ({} stack, {} of {} operations changed something)\n  sha256 {}",
+        "built {} ({} stack, {} of {} operations changed something)\n  base: {}\n  output: {}\n  sha256 {}",
         built.output.path.display(),
         p.plan.stack,
         built.changed,
         built.total,
+        p.image.access.describe(),
+        built.route.describe(),
         built.output.sha256,
     );
     if let Some(b) = &built.bmap {
@@ -178,11 +187,17 @@ pub fn build(args: &BuildArgs, ui: &Ui) -> anyhow::Result<()> {
 pub struct VerifyArgs {
     /// A manifest written by `pibake build` (OUT.manifest.json).
     pub manifest: PathBuf,
+    #[command(flatten)]
+    pub acquire: BaseArgs,
 }
 
 /// Run `pibake verify`.
 pub fn verify(args: &VerifyArgs, ui: &Ui) -> anyhow::Result<()> {
-    let v = bake::verify(&args.manifest, ui.progress.as_ref())?;
+    let v = bake::verify(
+        &args.manifest,
+        &args.acquire.options(),
+        ui.progress.as_ref(),
+    )?;
     if v.actual == v.expected {
         eprintln!("reproduced: sha256 {}", v.actual);
         Ok(())

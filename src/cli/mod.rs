@@ -131,6 +131,23 @@ fn message(e: &anyhow::Error) -> String {
 /// Bad input is exit 2; anything else is exit 1. The first cause in the chain that knows which
 /// it is decides.
 fn exit_code(e: &anyhow::Error) -> u8 {
+    // A damaged .xz block surfaces through whatever was reading (partition table, ext4, FAT) as
+    // an I/O error; it is still the input's fault, whoever reports it.
+    for cause in e.chain() {
+        let xz = cause.downcast_ref::<crate::disk::XzError>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<crate::disk::XzError>())
+        });
+        if let Some(xz) = xz {
+            return if xz.is_bad_input() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_INTERNAL
+            };
+        }
+    }
     for cause in e.chain() {
         if let Some(bad) = classify(cause) {
             return if bad { EXIT_BAD_INPUT } else { EXIT_INTERNAL };

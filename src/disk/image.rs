@@ -6,9 +6,10 @@ use std::sync::Arc;
 use crate::acquire::decompress::{self, Compression, DecodeError};
 
 use super::cow::CowDisk;
-use super::device::FileDev;
+use super::device::{BlockDev, FileDev};
 use super::partition::{self, FsKind, Partition, PartitionError, PartitionTable};
 use super::region::Region;
+use super::xz::{XzDev, XzError};
 
 /// Why an image could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,14 @@ pub enum ImageError {
         path: PathBuf,
         /// The decoding problem.
         source: DecodeError,
+    },
+    /// The `.xz` container is damaged (its index, headers or footer).
+    #[error("{path}: {source}")]
+    Xz {
+        /// The image path.
+        path: PathBuf,
+        /// What is wrong.
+        source: XzError,
     },
     /// The partition table is missing, damaged, or points outside the file.
     #[error("{path}: {source}")]
@@ -68,11 +77,93 @@ impl ImageError {
                     || source.kind() == std::io::ErrorKind::InvalidInput
             }
             ImageError::Decode { source, .. } => !matches!(source, DecodeError::Io(_)),
+            ImageError::Xz { source, .. } => source.is_bad_input(),
             ImageError::Partition { source, .. } => !matches!(source, PartitionError::Io(_)),
             ImageError::NoBoot { .. } | ImageError::NoRoot { .. } => true,
         }
     }
 }
+
+/// How the bytes of the base are reached.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Access {
+    /// A raw image file, read in place.
+    Raw,
+    /// A multi-block `.xz` read in place: only the blocks that reads touch are decoded.
+    XzBlocks {
+        /// Blocks in the file.
+        blocks: usize,
+        /// Uncompressed size of the largest block.
+        block_size: u64,
+    },
+    /// Decoded in full to a temporary file first, because the format allows nothing better.
+    Decoded {
+        /// Why, in words for the user.
+        reason: String,
+    },
+}
+
+impl Access {
+    /// One line for `plan` and `build`.
+    pub fn describe(&self) -> String {
+        match self {
+            Access::Raw => "raw image, read in place".into(),
+            Access::XzBlocks { blocks, block_size } => format!(
+                "random access into {blocks} xz blocks of {} MiB (only the blocks read are decoded)",
+                block_size >> 20
+            ),
+            Access::Decoded { reason } => format!("decoded in full first: {reason}"),
+        }
+    }
+}
+
+/// The compression of `path`, how its bytes can be reached, and the opened `.xz` when it can be
+/// read in place.
+fn probe(path: &Path) -> Result<(Compression, Access, Option<XzDev>), ImageError> {
+    let compression = decompress::detect(path).map_err(|source| ImageError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match compression {
+        Compression::None => Ok((compression, Access::Raw, None)),
+        Compression::Xz => match XzDev::open(path, XZ_CACHE_BLOCKS) {
+            Ok(dev) => {
+                let index = dev.index();
+                let access = Access::XzBlocks {
+                    blocks: index.blocks().len(),
+                    block_size: index
+                        .blocks()
+                        .iter()
+                        .map(|b| b.uncompressed_size)
+                        .max()
+                        .unwrap_or(0),
+                };
+                Ok((compression, access, Some(dev)))
+            }
+            Err(XzError::NotRandomAccess { reason }) => {
+                Ok((compression, Access::Decoded { reason }, None))
+            }
+            Err(source) => Err(ImageError::Xz {
+                path: path.to_path_buf(),
+                source,
+            }),
+        },
+        _ => Ok((
+            compression,
+            Access::Decoded {
+                reason: format!(
+                    "{} data can only be read from the start",
+                    compression.name()
+                ),
+            },
+            None,
+        )),
+    }
+}
+
+/// Decoded xz blocks kept in memory while an image is read at random.
+const XZ_CACHE_BLOCKS: usize = 4;
 
 /// An opened image: the read-only base, the copy-on-write layer over it, and its partitions.
 pub struct Image {
@@ -84,6 +175,10 @@ pub struct Image {
     pub disk: Arc<CowDisk>,
     /// The partition table as read from the base.
     pub table: PartitionTable,
+    /// How the base's bytes are reached.
+    pub access: Access,
+    /// The `.xz` base read in place, when [`Access::XzBlocks`].
+    pub xz: Option<Arc<XzDev>>,
     /// The decoded copy of a compressed image, removed when the image is dropped.
     _decoded: Option<tempfile::TempPath>,
 }
@@ -114,9 +209,12 @@ impl Image {
             path: path.to_path_buf(),
             source,
         };
-        let compression = decompress::detect(path).map_err(decode_err)?;
-        let (raw_path, decoded) = if compression == Compression::None {
-            (path.to_path_buf(), None)
+        let (compression, access, xz) = probe(path)?;
+        let xz = xz.map(Arc::new);
+        let (base, decoded): (Arc<dyn BlockDev>, _) = if let Some(dev) = &xz {
+            (dev.clone(), None)
+        } else if compression == Compression::None {
+            (Arc::new(FileDev::open(path).map_err(unreadable)?), None)
         } else {
             let tmp = tempfile::Builder::new()
                 .prefix("pibake-decoded-")
@@ -125,10 +223,10 @@ impl Image {
                 .map_err(|e| decode_err(e.into()))?;
             let (mut file, tmp_path) = tmp.into_parts();
             decompress::decode_to(path, compression, &mut file, progress).map_err(decode_err)?;
-            (tmp_path.to_path_buf(), Some(tmp_path))
+            let dev = FileDev::open(&tmp_path).map_err(unreadable)?;
+            (Arc::new(dev), Some(tmp_path))
         };
-        let base = FileDev::open(&raw_path).map_err(unreadable)?;
-        let disk = Arc::new(CowDisk::new(Arc::new(base)));
+        let disk = Arc::new(CowDisk::new(base));
         let whole = Region::new(disk.clone(), 0, disk.len(), false).map_err(unreadable)?;
         let table = partition::read(&whole).map_err(|source| ImageError::Partition {
             path: path.to_path_buf(),
@@ -139,8 +237,15 @@ impl Image {
             compression,
             disk,
             table,
+            access,
+            xz,
             _decoded: decoded,
         })
+    }
+
+    /// How [`Image::open`] would reach `path`'s bytes, found without decoding anything.
+    pub fn probe(path: &Path) -> Result<(Compression, Access), ImageError> {
+        probe(path).map(|(c, a, _)| (c, a))
     }
 
     /// The boot partition: the first FAT partition.
