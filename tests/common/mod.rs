@@ -55,6 +55,46 @@ pub fn fixture(release: &str) -> PathBuf {
     img
 }
 
+/// The fixture for `release` as a multi-block `.xz` (1 MiB blocks, so even the small fixtures
+/// have hundreds), made with the real `xz` once and kept beside the image. Preset 0 keeps that
+/// quick; pibake re-encodes at its own preset either way.
+pub fn fixture_xz(release: &str) -> PathBuf {
+    fixture_xz_with(release, "blocks", "-T0 -0 --block-size=1MiB")
+}
+
+/// The fixture for `release` as a single-block `.xz` (single-threaded xz, no block size): the
+/// kind of file that cannot be read at random.
+pub fn fixture_xz_single(release: &str) -> PathBuf {
+    fixture_xz_with(release, "single", "-T1 -0")
+}
+
+fn fixture_xz_with(release: &str, kind: &str, xz_args: &str) -> PathBuf {
+    static XZ: Mutex<()> = Mutex::new(());
+    let img = fixture(release);
+    let _guard = XZ.lock().unwrap_or_else(|p| p.into_inner());
+    let out = img.with_extension(format!("{kind}.img.xz"));
+    let fresh = match (out.metadata(), img.metadata()) {
+        (Ok(o), Ok(i)) => o.modified().unwrap() >= i.modified().unwrap(),
+        _ => false,
+    };
+    if !fresh {
+        // Test binaries run in parallel processes: each writes its own temporary file.
+        let tmp = out.with_extension(format!("partial.{}", std::process::id()));
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "xz {xz_args} -c '{}' > '{}'",
+                img.display(),
+                tmp.display()
+            ))
+            .status()
+            .expect("run xz");
+        assert!(st.success(), "xz failed on {}", img.display());
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
 /// What the fixture generator recorded about `release`.
 pub fn expect(release: &str) -> serde_json::Value {
     fixture(release);

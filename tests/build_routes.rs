@@ -1,0 +1,267 @@
+//! The routes that make a build cost what it changes: an `.img.xz` base read at random, patched
+//! into an `.img.xz` (untouched blocks copied verbatim), decoded once into a raw output and the
+//! cache, and a warm rebuild cloned from that cache. Every route must give exactly the bytes the
+//! plain raw route gives, judged by `xz -t`, `xz -dc` and `sha256sum`.
+
+mod common;
+mod common_http;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+const EPOCH: &str = "1735689600";
+
+fn recipe(dir: &Path) -> PathBuf {
+    let p = dir.join("master.toml");
+    std::fs::write(
+        &p,
+        "[node]\nhostname = \"routes\"\n[user]\nname = \"pi\"\npassword = \"pw-for-tests\"\n",
+    )
+    .unwrap();
+    p
+}
+
+fn build(dir: &Path, base: &Path, out: &Path) -> Output {
+    Command::new(bin())
+        .args(["build", "--quiet"])
+        .arg(recipe(dir))
+        .arg("--base")
+        .arg(base)
+        .arg("-o")
+        .arg(out)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env("PIBAKE_CACHE_DIR", dir.join("cache"))
+        .output()
+        .unwrap()
+}
+
+fn build_ok(dir: &Path, base: &Path, out: &Path) -> serde_json::Value {
+    let o = build(dir, base, out);
+    assert!(
+        o.status.success(),
+        "build from {} to {} failed:\n{}",
+        base.display(),
+        out.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let m = std::fs::read_to_string(format!("{}.manifest.json", out.display())).unwrap();
+    serde_json::from_str(&m).unwrap()
+}
+
+fn xz_sha(xz: &Path) -> String {
+    let t = Command::new("xz").arg("-t").arg(xz).status().unwrap();
+    assert!(t.success(), "xz -t failed on {}", xz.display());
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("xz -dc '{}' | sha256sum", xz.display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)[..64].to_string()
+}
+
+/// Block count and uncompressed sizes per block, as xz itself lists them.
+fn xz_blocks(xz: &Path) -> Vec<(u64, u64)> {
+    let o = Command::new("xz")
+        .args(["--robot", "-lv"])
+        .arg(xz)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with("block\t"))
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            // block, stream, block in stream, block in file, compressed offset,
+            // uncompressed offset, compressed size, uncompressed size, ...
+            (f[5].parse().unwrap(), f[7].parse().unwrap())
+        })
+        .collect()
+}
+
+fn route(m: &serde_json::Value) -> &str {
+    m["outputs"][0]["route"]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no route in the manifest: {m:#}"))
+}
+
+#[test]
+fn every_route_gives_the_raw_route_s_bytes_on_every_fixture() {
+    for release in ["bullseye", "bookworm", "trixie", "gpt"] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let raw_base = fixture(release);
+        let xz_base = fixture_xz(release);
+
+        let reference = d.join("ref.img");
+        let m = build_ok(d, &raw_base, &reference);
+        assert_eq!(route(&m), "full");
+        let want = sha256(&reference);
+
+        // .img.xz -> .img.xz: decodes to the same image, keeps the base's block layout, and
+        // re-encodes only some blocks.
+        let patched = d.join("out.img.xz");
+        let m = build_ok(d, &xz_base, &patched);
+        assert_eq!(route(&m), "xz-patch", "{release}");
+        assert_eq!(m["inputs"]["base"]["access"]["kind"], "xz-blocks");
+        assert_eq!(xz_sha(&patched), want, "{release}: patched .xz differs");
+        let base_blocks = xz_blocks(&xz_base);
+        assert!(
+            xz_blocks(&patched) == base_blocks,
+            "{release}: the block layout changed"
+        );
+        let r = &m["outputs"][0]["route"];
+        let reencoded = r["reencoded"].as_u64().unwrap();
+        assert!(
+            reencoded > 0 && reencoded < base_blocks.len() as u64 / 2,
+            "{r}"
+        );
+        assert!(m["outputs"][0]["raw_sha256"].is_null());
+
+        // .img.xz -> .img, cold: one decoding pass, and the decoded base enters the cache.
+        let cold = d.join("cold.img");
+        let m = build_ok(d, &xz_base, &cold);
+        assert_eq!(route(&m), "xz-decode", "{release}");
+        assert_eq!(m["outputs"][0]["route"]["cached"], true);
+        assert_eq!(sha256(&cold), want, "{release}: cold raw differs");
+        assert_eq!(m["outputs"][0]["raw_sha256"], want.as_str());
+
+        // Warm: cloned from the cache, only changed blocks written, the hash remembered.
+        let warm = d.join("warm.img");
+        let m = build_ok(d, &xz_base, &warm);
+        assert_eq!(route(&m), "cached-copy", "{release}");
+        assert_eq!(m["outputs"][0]["route"]["hash_reused"], true);
+        assert_eq!(sha256(&warm), want, "{release}: warm raw differs");
+
+        // A patched output verifies by rebuilding the same way.
+        let v = Command::new(bin())
+            .args(["verify", "--quiet"])
+            .arg(format!("{}.manifest.json", patched.display()))
+            .env("PIBAKE_CACHE_DIR", d.join("cache"))
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    }
+}
+
+#[test]
+fn a_single_block_base_is_decoded_whole_and_plan_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw_base = fixture("bookworm");
+    let xz_base = fixture_xz_single("bookworm");
+    assert_eq!(xz_blocks(&xz_base).len(), 1);
+
+    let plan = Command::new(bin())
+        .args(["plan", "--quiet"])
+        .arg(recipe(d))
+        .arg("--base")
+        .arg(&xz_base)
+        .env("PIBAKE_CACHE_DIR", d.join("cache"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success());
+    assert!(text.contains("decoded in full first"), "{text}");
+
+    let reference = d.join("ref.img");
+    build_ok(d, &raw_base, &reference);
+    let out = d.join("out.img.xz");
+    let m = build_ok(d, &xz_base, &out);
+    assert_eq!(m["inputs"]["base"]["access"]["kind"], "decoded");
+    assert_eq!(route(&m), "full");
+    assert_eq!(xz_sha(&out), sha256(&reference));
+}
+
+#[test]
+fn a_corrupt_block_the_build_reads_is_a_clear_error_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let xz_base = d.join("base.img.xz");
+    std::fs::copy(fixture_xz("bookworm"), &xz_base).unwrap();
+    // The block holding the root filesystem's superblock is read by every build.
+    let root_start = part(&expect("bookworm"), 2).0;
+    let o = Command::new("xz")
+        .args(["--robot", "-lv"])
+        .arg(&xz_base)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (coff, csize) = listing
+        .lines()
+        .filter(|l| l.starts_with("block\t"))
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .find(|f| {
+            let u: u64 = f[5].parse().unwrap();
+            let n: u64 = f[7].parse().unwrap();
+            (u..u + n).contains(&(root_start + 1024))
+        })
+        .map(|f| (f[4].parse::<u64>().unwrap(), f[6].parse::<u64>().unwrap()))
+        .unwrap();
+    let mut bytes = std::fs::read(&xz_base).unwrap();
+    let at = (coff + csize / 2) as usize;
+    bytes[at] ^= 0x55;
+    std::fs::write(&xz_base, &bytes).unwrap();
+
+    for out in ["out.img.xz", "out.img"] {
+        let out = d.join(out);
+        let o = build(d, &xz_base, &out);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("block"), "{err}");
+        assert!(!out.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}
+
+#[test]
+fn a_downloaded_xz_base_is_read_in_place_and_downloaded_once() {
+    let server = common_http::Server::start();
+    let xz = std::fs::read(fixture_xz("trixie")).unwrap();
+    let sha = common_http::sha(&xz);
+    server.put("/trixie.img.xz", xz);
+    let url = server.url("/trixie.img.xz");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    let reference = d.join("ref.img");
+    build_ok(d, &fixture("trixie"), &reference);
+    let want = sha256(&reference);
+
+    let run = |out: &Path| {
+        let o = Command::new(bin())
+            .args(["build", "--quiet"])
+            .arg(recipe(d))
+            .args(["--base", &url, "--sha256", &sha, "-o"])
+            .arg(out)
+            .env("SOURCE_DATE_EPOCH", EPOCH)
+            .env("PIBAKE_CACHE_DIR", d.join("cache"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let m = std::fs::read_to_string(format!("{}.manifest.json", out.display())).unwrap();
+        serde_json::from_str::<serde_json::Value>(&m).unwrap()
+    };
+    let patched = d.join("out.img.xz");
+    let m = run(&patched);
+    assert_eq!(m["inputs"]["base"]["access"]["kind"], "xz-blocks");
+    assert_eq!(route(&m), "xz-patch");
+    assert_eq!(xz_sha(&patched), want);
+
+    let raw = d.join("out.img");
+    let m = run(&raw);
+    assert_eq!(route(&m), "xz-decode");
+    assert_eq!(sha256(&raw), want);
+    assert_eq!(
+        server.gets("/trixie.img.xz").len(),
+        1,
+        "the second build must use the cached download"
+    );
+}
