@@ -33,6 +33,13 @@ pub struct Options {
     pub epoch: Option<i64>,
     /// Where bases come from, the cache, and how downloads are checked.
     pub acquire: AcquireOptions,
+    /// Let the cache stand in for work: a decoded copy of an `.xz` base instead of decoding it,
+    /// a remembered hash instead of hashing. Off for `verify`, which must redo everything.
+    pub trust_cache: bool,
+    /// Decode a multi-block `.xz` base into the cache before reading it, when its decoded copy
+    /// will be needed anyway (a raw output): then planning and editing read the copy instead of
+    /// decoding blocks one by one.
+    pub decode_first: bool,
 }
 
 /// Inputs resolved and opened, ready to plan against.
@@ -45,6 +52,12 @@ pub struct Prepared {
     pub base_sha256: String,
     /// The cache of decoded bases and derived hashes.
     pub cache: Cache,
+    /// The cached decoded copy of an `.xz` base that reads go to, if there is one.
+    pub decoded_copy: Option<PathBuf>,
+    /// True when that copy was decoded by this run.
+    pub decoded_now: bool,
+    /// See [`Options::trust_cache`].
+    pub trust_cache: bool,
     /// The opened image (copy-on-write over the base).
     pub image: Image,
     /// The root filesystem, writable into the layer.
@@ -104,19 +117,41 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
     let mut base = resolve_base(&base_name, &opts.recipe);
     let cache = Cache::open(&opts.acquire.cache_dir)?;
     let (epoch, epoch_source) = epoch(opts, &v)?;
-    let image = if base.exists() {
-        open_local(&base, &cache, &opts.acquire, progress)?
-    } else {
-        // Not a local file: an OS-list name or a URL, fetched, verified, decoded and cached.
+    if !base.exists() {
+        // Not a local file: an OS-list name or a URL, fetched and verified into the cache; a
+        // multi-block .xz stays compressed (read in place), anything else is decoded.
         let remote = AcquireOptions {
             prefer_compressed: true,
             ..opts.acquire.clone()
         };
-        let acquired = crate::acquire::resolve(&base_name, &remote, progress)?;
-        base = acquired.image;
-        Image::open(&base)?
-    };
+        base = crate::acquire::resolve(&base_name, &remote, progress)?.image;
+    }
     let base_sha256 = cache.hash_local(&base, progress)?;
+    let (_, access) = Image::probe(&base)?;
+    let mut decoded_copy = None;
+    let mut decoded_now = false;
+    if opts.trust_cache && matches!(access, Access::XzBlocks { .. }) {
+        decoded_copy = match cache.find_image(&base_sha256) {
+            Some((copy, _)) => Some(copy),
+            None if opts.decode_first => {
+                let xz = crate::disk::XzDev::open(&base, 0)
+                    .with_context(|| format!("opening {}", base.display()))?;
+                decoded_now = true;
+                Some(decode_into_cache(
+                    &cache,
+                    &xz,
+                    &base,
+                    &base_sha256,
+                    progress,
+                )?)
+            }
+            None => None,
+        };
+    }
+    let image = match &decoded_copy {
+        Some(copy) => Image::open_with_decoded_copy(&base, copy)?,
+        None => open_local(&base, &cache, &opts.acquire, progress)?,
+    };
     let root_part = image.root()?.clone();
     let boot_part = image.boot()?.clone();
     let mut root = Ext4::open(
@@ -138,6 +173,9 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         base,
         base_sha256,
         cache,
+        decoded_copy,
+        decoded_now,
+        trust_cache: opts.trust_cache,
         image,
         root,
         boot,
@@ -238,7 +276,7 @@ pub fn build(
     extras: &Extras,
     progress: &dyn Progress,
 ) -> anyhow::Result<Built> {
-    let (report, mut output, route) = apply_and_write(p, out, true, progress)?;
+    let (report, mut output, route) = apply_and_write(p, out, progress)?;
     if output.raw_sha256.is_none() && extras.imager.is_some() {
         // Imager checks the extracted image's SHA-256: the one thing the patch route skipped.
         output.raw_sha256 = Some(raw_sha256(p, progress)?);
@@ -284,6 +322,7 @@ pub fn build(
                 "sha256": p.base_sha256,
                 "compression": p.image.compression,
                 "access": p.image.access,
+                "xz_blocks_decoded": p.image.xz.as_ref().map(|x| x.blocks_decoded()),
             },
             "recipe": {
                 "path": p.recipe_path,
@@ -412,106 +451,103 @@ impl Route {
 }
 
 /// Apply the plan into the copy-on-write layer and write the result to `out` by the cheapest
-/// route the base and the output format allow. `trust_cache` lets a cached decoded base and a
-/// remembered result hash stand in for decoding and hashing (never for `verify`).
+/// route the base and the output format allow.
 fn apply_and_write(
     p: &mut Prepared,
     out: &Path,
-    trust_cache: bool,
     progress: &dyn Progress,
 ) -> anyhow::Result<(crate::apply::Report, Written, Route)> {
-    let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
     let format = Format::from_path(out)?;
-    let disk = &p.image.disk;
-    let Some(xz) = p.image.xz.clone() else {
-        return Ok((
-            report,
-            crate::output::write(disk, out, progress)?,
-            Route::Full,
-        ));
+    let xz = match (&p.image.xz, format) {
+        (Some(xz), Format::Xz | Format::Raw) => xz.clone(),
+        _ => {
+            let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+            let written = crate::output::write(&p.image.disk, out, progress)?;
+            return Ok((report, written, Route::Full));
+        }
     };
-    match format {
-        Format::Xz => {
-            let threads = crate::output::threads() as usize;
-            let w = crate::output::xz_patch::write_patched(&xz, disk, out, threads, progress)?;
-            let route = Route::XzPatch {
-                blocks: w.blocks,
-                reencoded: w.reencoded,
-                copied_bytes: w.copied_bytes,
-            };
-            let written = Written {
-                path: w.path,
-                format: Format::Xz,
-                bytes: w.bytes,
-                sha256: w.sha256,
-                raw_bytes: w.raw_bytes,
-                raw_sha256: None,
-            };
-            Ok((report, written, route))
-        }
-        Format::Raw => {
-            let derived = cache::derived_key(&p.base_sha256, &disk.changes_digest());
-            let cached = if trust_cache {
-                p.cache.find_image(&p.base_sha256)
-            } else {
-                None
-            };
-            if let Some((copy, _)) = cached {
-                let known = p.cache.find_derived(&derived);
-                let (written, method) = crate::output::raw::write_from_copy(
-                    &copy,
-                    disk,
-                    out,
-                    known.as_deref(),
-                    progress,
-                )?;
-                if let (None, Some(sha)) = (&known, &written.raw_sha256) {
-                    // Only an optimisation for the next build: failing to record it is harmless.
-                    let _ = p.cache.record_derived(&derived, sha);
-                }
-                let route = Route::CachedCopy {
-                    method,
-                    hash_reused: known.is_some(),
-                };
-                return Ok((report, written, route));
-            }
-            // One pass over the base: the output, and the decoded base for the next build.
-            let keep = if trust_cache {
-                p.cache.temp_image().ok()
-            } else {
-                None
-            };
-            let (written, base_sha) = crate::output::raw::write_from_xz(
-                &xz,
-                disk,
-                out,
-                keep.as_ref().map(|t| t.as_file()),
-                progress,
-            )?;
-            let mut cached = false;
-            if let (Some(tmp), Some(image_sha256)) = (keep, base_sha) {
-                let meta = ImageMeta {
-                    key: p.base_sha256.clone(),
-                    image_sha256,
-                    size: disk.len(),
-                    compression: "xz".into(),
-                    origin: p.base.display().to_string(),
-                    verification: crate::acquire::Verification::local_unchecked(&p.base_sha256),
-                    created: cache::now_secs(),
-                };
-                cached = p.cache.commit_image(tmp, &meta).is_ok();
-                if let Some(sha) = &written.raw_sha256 {
-                    let _ = p.cache.record_derived(&derived, sha);
-                }
-            }
-            Ok((report, written, Route::XzDecode { cached }))
-        }
-        Format::Zstd => Ok((
-            report,
-            crate::output::write(disk, out, progress)?,
-            Route::Full,
-        )),
+    if format == Format::Xz {
+        let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+        let threads = crate::output::threads() as usize;
+        let w = crate::output::xz_patch::write_patched(&xz, &p.image.disk, out, threads, progress)?;
+        let route = Route::XzPatch {
+            blocks: w.blocks,
+            reencoded: w.reencoded,
+            copied_bytes: w.copied_bytes,
+        };
+        let written = Written {
+            path: w.path,
+            format: Format::Xz,
+            bytes: w.bytes,
+            sha256: w.sha256,
+            raw_bytes: w.raw_bytes,
+            raw_sha256: None,
+        };
+        return Ok((report, written, route));
     }
+    if !p.trust_cache {
+        // One pass over the base, trusting nothing: every block decoded and checked, the
+        // changes laid over it, the result hashed.
+        let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+        let written = crate::output::raw::write_from_xz(&xz, &p.image.disk, out, progress)?;
+        return Ok((report, written, Route::XzDecode { cached: false }));
+    }
+    let (copy, fresh) = match &p.decoded_copy {
+        Some(copy) => (copy.clone(), p.decoded_now),
+        None => {
+            // Decode the base once into the cache; the edits then read the copy, not the blocks.
+            let copy = decode_into_cache(&p.cache, &xz, &p.base, &p.base_sha256, progress)?;
+            p.image.use_decoded_copy(&copy)?;
+            p.decoded_copy = Some(copy.clone());
+            (copy, true)
+        }
+    };
+    let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+    let disk = &p.image.disk;
+    let derived = cache::derived_key(&p.base_sha256, &disk.changes_digest());
+    let known = p.cache.find_derived(&derived);
+    let (written, method) =
+        crate::output::raw::write_from_copy(&copy, disk, out, known.as_deref(), progress)?;
+    if let (None, Some(sha)) = (&known, &written.raw_sha256) {
+        // Only saves the next identical build a hash: failing to record it is harmless.
+        let _ = p.cache.record_derived(&derived, sha);
+    }
+    let route = if fresh {
+        Route::XzDecode { cached: true }
+    } else {
+        Route::CachedCopy {
+            method,
+            hash_reused: known.is_some(),
+        }
+    };
+    Ok((report, written, route))
+}
+
+/// Decode the `.xz` base into the cache (every block, in parallel) and return the copy's path.
+fn decode_into_cache(
+    cache: &Cache,
+    xz: &crate::disk::XzDev,
+    base: &Path,
+    base_sha256: &str,
+    progress: &dyn Progress,
+) -> anyhow::Result<PathBuf> {
+    let tmp = cache.temp_image()?;
+    crate::output::raw::decode_xz_to(xz, tmp.as_file(), progress).map_err(|e| match e {
+        Ok(read) => anyhow::Error::from(read).context(format!("decoding {}", base.display())),
+        Err(write) => anyhow::Error::from(write).context("writing the decoded base to the cache"),
+    })?;
+    let meta = ImageMeta {
+        key: base_sha256.to_string(),
+        // Not hashed: the copy is trusted because it is the decode of a file whose own SHA-256
+        // is the key; an empty hash is "unknown" to every reader of the cache.
+        image_sha256: String::new(),
+        size: crate::disk::BlockDev::len(xz),
+        compression: "xz".into(),
+        origin: base.display().to_string(),
+        verification: crate::acquire::Verification::local_unchecked(base_sha256),
+        created: cache::now_secs(),
+    };
+    Ok(cache.commit_image(tmp, &meta)?)
 }
 
 /// SHA-256 of the built raw image, read through the copy-on-write layer (decoding an `.xz`
@@ -636,6 +672,8 @@ pub fn verify(
         overlays,
         epoch: Some(epoch),
         acquire: acquire.clone(),
+        trust_cache: false,
+        decode_first: false,
     };
     let prepared = prepare(&opts, progress)?;
     // Rebuild beside the original so the comparison never depends on a temp filesystem's space.
@@ -648,7 +686,7 @@ pub fn verify(
         .suffix(if by_raw { ".img" } else { ".img.xz" })
         .tempfile_in(dir)?;
     let mut p = prepared;
-    let (_, written, _) = apply_and_write(&mut p, tmp.path(), false, progress)?;
+    let (_, written, _) = apply_and_write(&mut p, tmp.path(), progress)?;
     let actual = if by_raw {
         written.raw_sha256.unwrap_or_default()
     } else {

@@ -27,7 +27,8 @@ pub struct Cache {
 pub struct ImageMeta {
     /// SHA-256 of the compressed file the image was decoded from (the cache key).
     pub key: String,
-    /// SHA-256 of the decoded image.
+    /// SHA-256 of the decoded image; empty when it was never computed (a build decoded a
+    /// multi-block `.xz` it had already identified by the compressed file's own hash).
     pub image_sha256: String,
     /// Decoded length in bytes.
     pub size: u64,

@@ -31,7 +31,7 @@ pub struct Common {
 }
 
 impl Common {
-    fn options(&self) -> Options {
+    fn options(&self, output: Option<&std::path::Path>) -> Options {
         Options {
             recipe: self.recipe.clone(),
             base: self.base.as_ref().map(|b| b.display().to_string()),
@@ -39,6 +39,10 @@ impl Common {
             overlays: self.overlays.clone(),
             epoch: self.epoch,
             acquire: self.acquire.options(),
+            trust_cache: true,
+            decode_first: output.is_some_and(|o| {
+                crate::output::Format::from_path(o).ok() == Some(crate::output::Format::Raw)
+            }),
         }
     }
 }
@@ -108,7 +112,7 @@ pub struct BuildArgs {
 
 /// Run `pibake plan`.
 pub fn plan(args: &PlanArgs, ui: &Ui) -> anyhow::Result<()> {
-    let p = bake::prepare(&args.common.options(), ui.progress.as_ref())?;
+    let p = bake::prepare(&args.common.options(None), ui.progress.as_ref())?;
     if args.json {
         let mut j = p.plan.redacted_json();
         j["base_access"] = serde_json::to_value(&p.image.access)?;
@@ -122,7 +126,10 @@ pub fn plan(args: &PlanArgs, ui: &Ui) -> anyhow::Result<()> {
 
 /// Run `pibake build`.
 pub fn build(args: &BuildArgs, ui: &Ui) -> anyhow::Result<()> {
-    let mut p = bake::prepare(&args.common.options(), ui.progress.as_ref())?;
+    let mut p = bake::prepare(
+        &args.common.options(Some(&args.output)),
+        ui.progress.as_ref(),
+    )?;
     let mut card = match &args.flash {
         Some(dev) => Some(super::flash::claim(
             dev,

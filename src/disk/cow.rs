@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::device::{BlockDev, check_bounds};
 
@@ -24,7 +24,8 @@ struct State {
 
 /// A writable view of a read-only base device.
 pub struct CowDisk {
-    base: Arc<dyn BlockDev>,
+    base: RwLock<Arc<dyn BlockDev>>,
+    len: u64,
     state: Mutex<State>,
 }
 
@@ -32,24 +33,43 @@ impl CowDisk {
     /// Wrap `base`; nothing is copied until something is written.
     pub fn new(base: Arc<dyn BlockDev>) -> Self {
         Self {
-            base,
+            len: base.len(),
+            base: RwLock::new(base),
             state: Mutex::new(State::default()),
         }
     }
 
     /// Size in bytes, equal to the base's: the layer never grows the disk.
     pub fn len(&self) -> u64 {
-        self.base.len()
+        self.len
     }
 
     /// True for an empty base.
     pub fn is_empty(&self) -> bool {
-        self.base.is_empty()
+        self.len == 0
     }
 
     /// The device underneath, unchanged by anything written here.
-    pub fn base(&self) -> &Arc<dyn BlockDev> {
-        &self.base
+    pub fn base(&self) -> Arc<dyn BlockDev> {
+        self.base.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Read the base from `other` from now on: a device holding exactly the same bytes (the
+    /// decoded copy of an `.xz` base, say) that is cheaper to read. Refused when the sizes
+    /// differ; equal content is the caller's promise.
+    pub fn rebase(&self, other: Arc<dyn BlockDev>) -> io::Result<()> {
+        if other.len() != self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the new base has {} bytes, the disk {}",
+                    other.len(),
+                    self.len
+                ),
+            ));
+        }
+        *self.base.write().unwrap_or_else(|p| p.into_inner()) = other;
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -70,7 +90,7 @@ impl CowDisk {
             let state = self.lock();
             if state.chunks.is_empty() {
                 drop(state);
-                return self.base.read_at(offset, buf);
+                return self.base().read_at(offset, buf);
             }
             let mut done = 0usize;
             while done < buf.len() {
@@ -98,9 +118,9 @@ impl CowDisk {
                 }
             }
         }
+        let base = self.base();
         for (at, n) in from_base {
-            self.base
-                .read_at(offset + at as u64, &mut buf[at..at + n])?;
+            base.read_at(offset + at as u64, &mut buf[at..at + n])?;
         }
         Ok(())
     }
@@ -126,7 +146,7 @@ impl CowDisk {
                     let mut fresh: Chunk = Box::new([0u8; CHUNK]);
                     let start = index * CHUNK as u64;
                     let avail = (self.len() - start).min(CHUNK as u64) as usize;
-                    self.base.read_at(start, &mut fresh[..avail])?;
+                    self.base().read_at(start, &mut fresh[..avail])?;
                     e.insert(fresh)
                 }
             };

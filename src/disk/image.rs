@@ -97,6 +97,14 @@ pub enum Access {
         /// Uncompressed size of the largest block.
         block_size: u64,
     },
+    /// A multi-block `.xz` whose decoded copy is in the cache: reads go to the copy, and
+    /// `.img.xz` outputs still copy the `.xz` file's untouched blocks verbatim.
+    XzCachedCopy {
+        /// Blocks in the file.
+        blocks: usize,
+        /// Uncompressed size of the largest block.
+        block_size: u64,
+    },
     /// Decoded in full to a temporary file first, because the format allows nothing better.
     Decoded {
         /// Why, in words for the user.
@@ -113,6 +121,10 @@ impl Access {
                 "random access into {blocks} xz blocks of {} MiB (only the blocks read are decoded)",
                 block_size >> 20
             ),
+            Access::XzCachedCopy { blocks, block_size } => format!(
+                "{blocks} xz blocks of {} MiB, read from their decoded copy in the cache",
+                block_size >> 20
+            ),
             Access::Decoded { reason } => format!("decoded in full first: {reason}"),
         }
     }
@@ -127,7 +139,7 @@ fn probe(path: &Path) -> Result<(Compression, Access, Option<XzDev>), ImageError
     })?;
     match compression {
         Compression::None => Ok((compression, Access::Raw, None)),
-        Compression::Xz => match XzDev::open(path, XZ_CACHE_BLOCKS) {
+        Compression::Xz => match XzDev::open(path, xz_cache_blocks()) {
             Ok(dev) => {
                 let index = dev.index();
                 let access = Access::XzBlocks {
@@ -165,6 +177,13 @@ fn probe(path: &Path) -> Result<(Compression, Access, Option<XzDev>), ImageError
 /// Decoded xz blocks kept in memory while an image is read at random.
 const XZ_CACHE_BLOCKS: usize = 4;
 
+fn xz_cache_blocks() -> usize {
+    std::env::var("PIBAKE_XZ_CACHE_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(XZ_CACHE_BLOCKS)
+}
+
 /// An opened image: the read-only base, the copy-on-write layer over it, and its partitions.
 pub struct Image {
     /// The file the user named.
@@ -194,6 +213,20 @@ impl Image {
         path: &Path,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Self, ImageError> {
+        Self::open_inner(path, None, progress)
+    }
+
+    /// Open the multi-block `.xz` at `path` reading its bytes from `copy`, its decoded copy (same
+    /// bytes, no decoding); the `.xz` stays open for copying its blocks verbatim.
+    pub fn open_with_decoded_copy(path: &Path, copy: &Path) -> Result<Self, ImageError> {
+        Self::open_inner(path, Some(copy), &mut |_| {})
+    }
+
+    fn open_inner(
+        path: &Path,
+        copy: Option<&Path>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Self, ImageError> {
         let unreadable = |source| ImageError::Unreadable {
             path: path.to_path_buf(),
             source,
@@ -209,9 +242,25 @@ impl Image {
             path: path.to_path_buf(),
             source,
         };
-        let (compression, access, xz) = probe(path)?;
+        let (compression, mut access, xz) = probe(path)?;
         let xz = xz.map(Arc::new);
-        let (base, decoded): (Arc<dyn BlockDev>, _) = if let Some(dev) = &xz {
+        let copy = match (copy, &access) {
+            (Some(c), Access::XzBlocks { blocks, block_size }) => {
+                access = Access::XzCachedCopy {
+                    blocks: *blocks,
+                    block_size: *block_size,
+                };
+                let dev = FileDev::open(c).map_err(|source| ImageError::Unreadable {
+                    path: c.to_path_buf(),
+                    source,
+                })?;
+                Some(Arc::new(dev) as Arc<dyn BlockDev>)
+            }
+            _ => None,
+        };
+        let (base, decoded): (Arc<dyn BlockDev>, _) = if let Some(dev) = copy {
+            (dev, None)
+        } else if let Some(dev) = &xz {
             (dev.clone(), None)
         } else if compression == Compression::None {
             (Arc::new(FileDev::open(path).map_err(unreadable)?), None)
@@ -246,6 +295,21 @@ impl Image {
     /// How [`Image::open`] would reach `path`'s bytes, found without decoding anything.
     pub fn probe(path: &Path) -> Result<(Compression, Access), ImageError> {
         probe(path).map(|(c, a, _)| (c, a))
+    }
+
+    /// Read the base from `copy` from now on: the decoded copy of this image's `.xz` (same bytes,
+    /// no decoding). The `.xz` stays open for copying its blocks verbatim.
+    pub fn use_decoded_copy(&mut self, copy: &Path) -> Result<(), ImageError> {
+        let unreadable = |source| ImageError::Unreadable {
+            path: copy.to_path_buf(),
+            source,
+        };
+        let dev = FileDev::open(copy).map_err(unreadable)?;
+        self.disk.rebase(Arc::new(dev)).map_err(unreadable)?;
+        if let Access::XzBlocks { blocks, block_size } = self.access {
+            self.access = Access::XzCachedCopy { blocks, block_size };
+        }
+        Ok(())
     }
 
     /// The boot partition: the first FAT partition.

@@ -162,6 +162,20 @@ pub struct Written {
     pub raw_sha256: Option<String>,
 }
 
+impl Written {
+    /// A raw image of `len` bytes at `path` whose SHA-256 is `sha256` (file and image are one).
+    pub fn raw(path: &Path, len: u64, sha256: String) -> Self {
+        Written {
+            path: path.to_path_buf(),
+            format: Format::Raw,
+            bytes: len,
+            sha256: sha256.clone(),
+            raw_bytes: len,
+            raw_sha256: Some(sha256),
+        }
+    }
+}
+
 /// Write `disk` to `dest` in the format its name asks for (see [`Format::from_path`]).
 pub fn write(disk: &CowDisk, dest: &Path, progress: &dyn Progress) -> Result<Written, OutputError> {
     match Format::from_path(dest)? {

@@ -1,20 +1,19 @@
 //! Sparse raw images, written under a temporary name and renamed when complete.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::Staged;
 use super::clone::{CloneMethod, clone_file};
-use super::{Format, Staged};
 use crate::disk::CowDisk;
 use crate::disk::xz::{XzDev, XzError};
 use crate::progress::Progress;
 
 pub use super::{OutputError, Written};
 
-const BLOCK: usize = 1 << 20;
 /// Zero runs of this size, aligned, become holes; it matches the file systems' block size.
 const HOLE_GRAIN: usize = 4096;
 
@@ -30,14 +29,7 @@ pub fn write(disk: &CowDisk, dest: &Path, progress: &dyn Progress) -> Result<Wri
         Err(write) => staged.write_err(write),
     })?;
     staged.finish(file)?;
-    Ok(Written {
-        path: dest.to_path_buf(),
-        format: Format::Raw,
-        bytes: disk.len(),
-        sha256: sha.clone(),
-        raw_bytes: disk.len(),
-        raw_sha256: Some(sha),
-    })
+    Ok(Written::raw(dest, disk.len(), sha))
 }
 
 /// Write `disk` to `dest` starting from `copy`, a raw file already holding `disk`'s base: the
@@ -61,65 +53,74 @@ pub fn write_from_copy(
             format!("{} is not the size of the base image", copy.display()),
         )));
     }
-    progress.begin("copying the decoded base", None);
-    let method = clone_file(&src, &file, len).map_err(|e| staged.write_err(e))?;
-    progress.end();
+    // The result's bytes are `disk`'s: hash them on other threads while the copy is made.
+    let (copied, hashed) = std::thread::scope(|s| {
+        let hasher = known_sha256.is_none().then(|| {
+            s.spawn(|| {
+                super::stream_disk(disk, &mut io::sink(), "hashing", &crate::progress::Silent)
+            })
+        });
+        progress.begin("copying the decoded base", None);
+        let copied = copy_with_changes(&src, &file, disk);
+        progress.end();
+        let hashed = hasher.map(|h| {
+            h.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (copied, hashed)
+    });
+    let method = copied.map_err(|e| match e {
+        Ok(read) => staged.read_err(read),
+        Err(write) => staged.write_err(write),
+    })?;
+    let sha = match (known_sha256, hashed) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(Ok(s))) => s,
+        (None, Some(Err(Ok(e) | Err(e)))) => return Err(staged.read_err(e)),
+        (None, None) => unreachable!("a hasher runs whenever no hash is known"),
+    };
+    staged.finish(file)?;
+    Ok((Written::raw(dest, len, sha), method))
+}
+
+/// Clone `src` into `dst`, then write `disk`'s changed chunks over it. `Err(Ok(_))` is a read
+/// error, `Err(Err(_))` a write error.
+fn copy_with_changes(
+    src: &File,
+    dst: &File,
+    disk: &CowDisk,
+) -> Result<CloneMethod, Result<io::Error, io::Error>> {
+    let method = clone_file(src, dst, disk.len()).map_err(Err)?;
     let mut buf = Vec::new();
     for r in disk.changed_ranges() {
         buf.resize((r.end - r.start) as usize, 0);
-        disk.read_at(r.start, &mut buf)
-            .map_err(|e| staged.read_err(e))?;
-        write_all_at(&file, r.start, &buf).map_err(|e| staged.write_err(e))?;
+        disk.read_at(r.start, &mut buf).map_err(Ok)?;
+        write_all_at(dst, r.start, &buf).map_err(Err)?;
     }
-    let sha = match known_sha256 {
-        Some(s) => s.to_string(),
-        None => hash_file(&file, len, progress).map_err(|e| staged.read_err(e))?,
-    };
-    staged.finish(file)?;
-    Ok((
-        Written {
-            path: dest.to_path_buf(),
-            format: Format::Raw,
-            bytes: len,
-            sha256: sha.clone(),
-            raw_bytes: len,
-            raw_sha256: Some(sha),
-        },
-        method,
-    ))
+    Ok(method)
 }
 
 /// Write `disk` to `dest` from its multi-block `.xz` base in one pass: every block is decoded
 /// once, in parallel, the changed chunks are laid over it, and the result is hashed and written
-/// sparse. When `keep_base` is given, the base's own decoded bytes go there too (for the cache)
-/// and their SHA-256 is returned beside what was written.
+/// sparse.
 pub fn write_from_xz(
     xz: &XzDev,
     disk: &CowDisk,
     dest: &Path,
-    keep_base: Option<&File>,
     progress: &dyn Progress,
-) -> Result<(Written, Option<String>), OutputError> {
+) -> Result<Written, OutputError> {
     let staged = Staged::new(dest)?;
     let file = staged.file()?;
     let len = disk.len();
     file.set_len(len).map_err(|e| staged.write_err(e))?;
-    if let Some(k) = keep_base {
-        k.set_len(len).map_err(|e| staged.write_err(e))?;
-    }
     let changed = disk.changed_ranges();
     let mut next_change = 0usize;
     let mut out_sha = Sha256::new();
-    let mut base_sha = keep_base.map(|_| Sha256::new());
     let mut edited = Vec::new();
     progress.begin("decoding and writing image", Some(len));
     let threads = super::threads() as usize;
     let decoded = xz.for_each_block(threads, |block, data| {
         let range = block.uncompressed_range();
-        if let (Some(k), Some(h)) = (keep_base, base_sha.as_mut()) {
-            h.update(data);
-            write_sparse(k, range.start, data).map_err(Pass::Write)?;
-        }
         while next_change < changed.len() && changed[next_change].end <= range.start {
             next_change += 1;
         }
@@ -150,17 +151,32 @@ pub fn write_from_xz(
     })?;
     let sha = hex::encode(out_sha.finalize());
     staged.finish(file)?;
-    Ok((
-        Written {
-            path: dest.to_path_buf(),
-            format: Format::Raw,
-            bytes: len,
-            sha256: sha.clone(),
-            raw_bytes: len,
-            raw_sha256: Some(sha),
-        },
-        base_sha.map(|h| hex::encode(h.finalize())),
-    ))
+    Ok(Written::raw(dest, len, sha))
+}
+
+/// Decode every block of `xz` in parallel into `file` (sized to fit; zero runs stay holes): the
+/// decoded copy of a base, for the cache. Read errors are `Ok`, write errors `Err`, as in
+/// [`Staged`]'s split.
+pub fn decode_xz_to(
+    xz: &XzDev,
+    file: &File,
+    progress: &dyn Progress,
+) -> Result<(), Result<io::Error, io::Error>> {
+    let len = crate::disk::BlockDev::len(xz);
+    file.set_len(len).map_err(Err)?;
+    progress.begin("decoding base", Some(len));
+    let r = xz.for_each_block(super::threads() as usize, |block, data| {
+        let start = block.uncompressed_range().start;
+        write_sparse(file, start, data).map_err(Pass::Write)?;
+        progress.set(start + data.len() as u64);
+        Ok::<(), Pass>(())
+    });
+    progress.end();
+    r.map_err(|e| match e {
+        Pass::Decode(e) => Ok(e.into()),
+        Pass::Read(e) => Ok(e),
+        Pass::Write(e) => Err(e),
+    })
 }
 
 /// What stopped a one-pass decode: the base, the edited disk, or the output.
@@ -196,27 +212,9 @@ fn write_all_at(file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
 
 #[cfg(not(unix))]
 fn write_all_at(mut file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
     file.seek(SeekFrom::Start(offset))?;
     file.write_all(data)
-}
-
-/// SHA-256 of the first `len` bytes of `file`, hex.
-fn hash_file(mut file: &File, len: u64, progress: &dyn Progress) -> io::Result<String> {
-    use std::io::Read;
-    progress.begin("hashing image", Some(len));
-    file.seek(SeekFrom::Start(0))?;
-    let mut sha = Sha256::new();
-    let mut buf = vec![0u8; BLOCK];
-    let mut pos = 0u64;
-    while pos < len {
-        let n = (len - pos).min(BLOCK as u64) as usize;
-        file.read_exact(&mut buf[..n])?;
-        sha.update(&buf[..n]);
-        pos += n as u64;
-        progress.set(pos);
-    }
-    progress.end();
-    Ok(hex::encode(sha.finalize()))
 }
 
 /// Copy `disk` into `file`, seeking over zero grains so they stay holes. `Err(Ok(_))` is a read
@@ -226,36 +224,28 @@ fn copy_sparse(
     file: &mut File,
     progress: &dyn Progress,
 ) -> Result<String, Result<io::Error, io::Error>> {
-    let len = disk.len();
-    file.set_len(len).map_err(Err)?;
-    progress.begin("writing image", Some(len));
-    let ((), sha) = super::hash_behind::with_background_hash(BLOCK, |feed| {
-        let mut pos = 0u64;
-        while pos < len {
-            let n = (len - pos).min(BLOCK as u64) as usize;
-            let mut buf = feed.buffer();
-            disk.read_at(pos, &mut buf[..n]).map_err(Ok)?;
-            // Write each run of non-zero grains with one call.
-            let mut off = 0;
-            while off < n {
-                let data_start = match next_grain(&buf[..n], off, true) {
-                    Some(s) => s,
-                    None => break,
-                };
-                let data_end = next_grain(&buf[..n], data_start, false).unwrap_or(n);
-                file.seek(SeekFrom::Start(pos + data_start as u64))
-                    .map_err(Err)?;
-                file.write_all(&buf[data_start..data_end]).map_err(Err)?;
-                off = data_end;
-            }
-            feed.hash(buf, n);
-            pos += n as u64;
-            progress.set(pos);
-        }
+    file.set_len(disk.len()).map_err(Err)?;
+    let mut sink = SparseSink { file, pos: 0 };
+    super::stream_disk(disk, &mut sink, "writing image", progress)
+}
+
+/// A writer that writes runs of data where they belong and leaves all-zero grains as holes in a
+/// file already sized to hold everything.
+struct SparseSink<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Write for SparseSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        write_sparse(self.file, self.pos, buf)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    })?;
-    progress.end();
-    Ok(sha)
+    }
 }
 
 /// Offset of the first grain at or after `from` that holds data (`data` true) or is all zero
