@@ -81,6 +81,17 @@ fn one_build_writes_xz_bmap_imager_entry_and_flashes() {
         "--yes",
     ]);
     assert!(log.contains("flashed"), "{log}");
+    // Outputs are ordinary files (0666 less the test runner's umask), not 0600 temporaries.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let umask = Command::new("sh").arg("-c").arg("umask").output().unwrap();
+        let umask = u32::from_str_radix(String::from_utf8_lossy(&umask.stdout).trim(), 8).unwrap();
+        for f in [&out, &json] {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o666 & !umask, "{}", f.display());
+        }
+    }
 
     // The .xz is sound and holds exactly the raw build.
     let t = Command::new("xz").arg("-t").arg(&out).status().unwrap();

@@ -199,9 +199,16 @@ impl Staged {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(".pibake-")
-            .suffix(".partial")
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".pibake-").suffix(".partial");
+        // An image is a file like any other the user makes: 0666 less the umask, not the 0600
+        // a temporary file gets by default.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let tmp = builder
             .tempfile_in(&dir)
             .map_err(|source| OutputError::Create {
                 path: dest.to_path_buf(),

@@ -180,16 +180,20 @@ fn rebuild(
         return Ok(Rebuilt::Same);
     }
     drop(original);
-    encode_block(&edited, base.index().check()).map_err(|detail| OutputError::Encoder {
+    // A block the base could not compress (random data, already-compressed files) is stored:
+    // LZMA would spend seconds per MiB finding nothing, for the same size.
+    let store = block.total_size.saturating_mul(100) >= block.uncompressed_size.saturating_mul(99);
+    encode_block(&edited, base.index().check(), store).map_err(|detail| OutputError::Encoder {
         format: "xz",
         path: staged.dest().to_path_buf(),
         detail,
     })
 }
 
-/// Compress `data` as one xz block at [`PRESET`] with check type `check`; returns the whole
-/// block (header to check) and its unpadded size.
-fn encode_block(data: &[u8], check: u8) -> Result<Rebuilt, String> {
+/// Compress `data` as one xz block at [`PRESET`] with check type `check` (or, when `store`,
+/// as LZMA2 uncompressed chunks); returns the whole block (header to check) and its unpadded
+/// size.
+fn encode_block(data: &[u8], check: u8, store: bool) -> Result<Rebuilt, String> {
     // SAFETY: an all-zero lzma_options_lzma is a valid value (integers, null preset dictionary)
     // that lzma_lzma_preset then fills in.
     let mut lzma2: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
@@ -228,15 +232,26 @@ fn encode_block(data: &[u8], check: u8) -> Result<Rebuilt, String> {
     // `bound` bytes of writes (reserved above) and liblzma writes only below `out_pos`; `block`,
     // `filters` and `lzma2` all outlive the call.
     let ret = unsafe {
-        sys::lzma_block_buffer_encode(
-            &mut block,
-            std::ptr::null(),
-            data.as_ptr(),
-            data.len(),
-            out.as_mut_ptr(),
-            &mut out_pos,
-            bound,
-        )
+        if store {
+            sys::lzma_block_uncomp_encode(
+                &mut block,
+                data.as_ptr(),
+                data.len(),
+                out.as_mut_ptr(),
+                &mut out_pos,
+                bound,
+            )
+        } else {
+            sys::lzma_block_buffer_encode(
+                &mut block,
+                std::ptr::null(),
+                data.as_ptr(),
+                data.len(),
+                out.as_mut_ptr(),
+                &mut out_pos,
+                bound,
+            )
+        }
     };
     if ret != sys::LZMA_OK {
         return Err(format!("liblzma could not compress a block (error {ret})"));
