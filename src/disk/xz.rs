@@ -33,6 +33,16 @@ pub const DEFAULT_CACHE_BLOCKS: usize = 4;
 /// of MiB, and decoding the whole file once is the better deal.
 pub const MAX_BLOCK: u64 = 256 << 20;
 
+/// Bytes of small reads kept as 4 KiB pages after their block leaves the block cache.
+///
+/// Filesystem code rereads the same metadata (superblock, descriptors, bitmaps, inode tables,
+/// directories) across many blocks of the image; without this, every reread of a block that
+/// was evicted decodes 24 MiB again.
+const PAGE_CACHE_BYTES: usize = 32 << 20;
+const PAGE: usize = 4096;
+/// Reads up to this size are remembered page by page; larger ones are streaming reads.
+const SMALL_READ: usize = 64 << 10;
+
 /// Largest index accepted: about a million blocks. Anything bigger is damage, not an image, and
 /// would otherwise make a small file ask for a huge allocation.
 const MAX_INDEX: u64 = 64 << 20;
@@ -782,11 +792,64 @@ impl Lru {
     }
 }
 
+/// 4 KiB pages of decoded bytes, oldest evicted first.
+#[derive(Default)]
+struct Pages {
+    map: std::collections::HashMap<u64, Box<[u8; PAGE]>>,
+    order: VecDeque<u64>,
+}
+
+impl Pages {
+    /// Copy `[offset, offset + buf.len())` out of cached pages, if every page is present.
+    fn get(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let first = offset / PAGE as u64;
+        let last = (offset + buf.len() as u64 - 1) / PAGE as u64;
+        if !(first..=last).all(|p| self.map.contains_key(&p)) {
+            return false;
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let (page, within) = (pos / PAGE as u64, (pos % PAGE as u64) as usize);
+            let n = (PAGE - within).min(buf.len() - done);
+            if let Some(data) = self.map.get(&page) {
+                buf[done..done + n].copy_from_slice(&data[within..within + n]);
+            }
+            done += n;
+        }
+        true
+    }
+
+    /// Remember the whole pages of `block` (decoded, starting at `start`) that a read of
+    /// `range` covered.
+    fn put(&mut self, start: u64, block: &[u8], range: Range<u64>) {
+        let end = start + block.len() as u64;
+        let first = range.start.max(start) / PAGE as u64;
+        let last = (range.end.min(end) - 1) / PAGE as u64;
+        for p in first..=last {
+            let (a, b) = (p * PAGE as u64, (p + 1) * PAGE as u64);
+            if a < start || b > end || self.map.contains_key(&p) {
+                continue; // a page split across blocks is simply not cached
+            }
+            let mut page = Box::new([0u8; PAGE]);
+            page.copy_from_slice(&block[(a - start) as usize..(b - start) as usize]);
+            self.map.insert(p, page);
+            self.order.push_back(p);
+            if self.order.len() > PAGE_CACHE_BYTES / PAGE {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
 /// An `.xz` image read at random: a [`BlockDev`] over its decoded bytes.
 pub struct XzDev {
     file: File,
     index: XzIndex,
     cache: Mutex<Lru>,
+    pages: Mutex<Pages>,
     decoded: AtomicU64,
     threads: usize,
 }
@@ -807,6 +870,7 @@ impl XzDev {
                 capacity: cache_blocks,
                 entries: VecDeque::new(),
             }),
+            pages: Mutex::new(Pages::default()),
             decoded: AtomicU64::new(0),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
@@ -918,6 +982,16 @@ impl BlockDev for XzDev {
         if buf.is_empty() {
             return Ok(());
         }
+        let small = buf.len() <= SMALL_READ;
+        if small
+            && self
+                .pages
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(offset, buf)
+        {
+            return Ok(());
+        }
         let end = offset + buf.len() as u64;
         let first = self.index.block_at(offset);
         let last = self.index.block_at(end - 1);
@@ -933,6 +1007,13 @@ impl BlockDev for XzDev {
                 let src =
                     (from - b.uncompressed_offset) as usize..(to - b.uncompressed_offset) as usize;
                 buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(&data[src]);
+                if small {
+                    self.pages.lock().unwrap_or_else(|p| p.into_inner()).put(
+                        b.uncompressed_offset,
+                        &data,
+                        offset..end,
+                    );
+                }
             }
         }
         Ok(())
@@ -1347,13 +1428,35 @@ mod tests {
             3,
             "a read over a boundary decodes both sides"
         );
-        dev.read_at(3 * bs, &mut buf).unwrap();
+        dev.read_at(3 * bs + 2 * PAGE as u64, &mut buf).unwrap();
         assert_eq!(dev.blocks_decoded(), 4, "capacity 1: block 3 was evicted");
+        dev.read_at(bs - 5, &mut buf).unwrap();
+        dev.read_at(3 * bs + 7, &mut buf).unwrap();
+        assert_eq!(
+            dev.blocks_decoded(),
+            4,
+            "pages read before are kept after their blocks leave the cache"
+        );
+        let mut page = [0u8; 10];
+        dev.read_at(3 * bs + 2 * PAGE as u64, &mut page).unwrap();
+        let fresh = XzDev::open(&path, 0).unwrap();
+        let mut check = [0u8; 10];
+        fresh.read_at(3 * bs + 2 * PAGE as u64, &mut check).unwrap();
+        assert_eq!(
+            page, check,
+            "a page from the page cache holds the block's bytes"
+        );
 
         let none = XzDev::open(&path, 0).unwrap();
         none.read_at(0, &mut buf).unwrap();
+        none.read_at(2 * PAGE as u64, &mut buf).unwrap();
+        assert_eq!(none.blocks_decoded(), 2, "capacity 0 keeps no blocks");
         none.read_at(0, &mut buf).unwrap();
-        assert_eq!(none.blocks_decoded(), 2, "capacity 0 caches nothing");
+        assert_eq!(
+            none.blocks_decoded(),
+            2,
+            "but small reads are kept as pages"
+        );
     }
 
     #[test]
