@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::json;
 
-use crate::acquire::AcquireOptions;
 use crate::acquire::cache::{self, Cache, ImageMeta};
+use crate::acquire::{AcquireError, AcquireOptions};
 use crate::disk::Image;
 use crate::disk::image::Access;
 use crate::facts::{self, Facts};
@@ -117,7 +117,8 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
     let mut base = resolve_base(&base_name, &opts.recipe);
     let cache = Cache::open(&opts.acquire.cache_dir)?;
     let (epoch, epoch_source) = epoch(opts, &v)?;
-    if !base.exists() {
+    let local = base.exists();
+    if !local {
         // Not a local file: an OS-list name or a URL, fetched and verified into the cache; a
         // multi-block .xz stays compressed (read in place), anything else is decoded.
         let remote = AcquireOptions {
@@ -127,6 +128,22 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         base = crate::acquire::resolve(&base_name, &remote, progress)?.image;
     }
     let base_sha256 = cache.hash_local(&base, progress)?;
+    if let Some(given) = &opts.acquire.sha256 {
+        // A URL or OS-list download was checked on the way in; a local file is checked here.
+        let wanted =
+            crate::acquire::normalize_sha256(given).ok_or_else(|| AcquireError::BadSha256 {
+                what: "--sha256".into(),
+                value: given.clone(),
+            })?;
+        if local && wanted != base_sha256 {
+            return Err(AcquireError::LocalChecksumMismatch {
+                path: base.clone(),
+                expected: wanted,
+                actual: base_sha256,
+            }
+            .into());
+        }
+    }
     let (_, access) = Image::probe(&base)?;
     let mut decoded_copy = None;
     let mut decoded_now = false;

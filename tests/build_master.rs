@@ -53,6 +53,7 @@ fn build(recipe: &Path, base: &Path, out: &Path, stack: &str) -> Output {
             out.to_str().unwrap(),
         ])
         .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env("PIBAKE_CACHE_DIR", test_cache())
         .output()
         .unwrap()
 }
@@ -606,6 +607,7 @@ fn plan_shows_every_operation_without_secrets_and_writes_nothing() {
     let base = fixture("bookworm");
     let before = sha256(&base);
     let o = Command::new(bin())
+        .env("PIBAKE_CACHE_DIR", test_cache())
         .args([
             "plan",
             r.to_str().unwrap(),
@@ -627,6 +629,7 @@ fn plan_shows_every_operation_without_secrets_and_writes_nothing() {
         assert!(text.contains(want), "plan lacks {want:?}:\n{text}");
     }
     let o = Command::new(bin())
+        .env("PIBAKE_CACHE_DIR", test_cache())
         .args([
             "plan",
             r.to_str().unwrap(),
@@ -694,6 +697,7 @@ fn invalid_recipes_point_at_the_line() {
         let p = tmp.path().join("bad.toml");
         std::fs::write(&p, text).unwrap();
         let o = Command::new(bin())
+            .env("PIBAKE_CACHE_DIR", test_cache())
             .args([
                 "plan",
                 p.to_str().unwrap(),

@@ -25,6 +25,7 @@ fn pibake_ok(args: &[&str]) -> String {
     let o = Command::new(bin())
         .args(args)
         .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env("PIBAKE_CACHE_DIR", test_cache())
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -193,4 +194,35 @@ fn a_refused_card_costs_no_build() {
     );
     assert!(!out.exists());
     assert!(!PathBuf::from(format!("{}.manifest.json", out.display())).exists());
+}
+
+#[test]
+fn sha256_checks_a_local_base_too() {
+    let base = fixture("gpt");
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path());
+    let wrong = "0".repeat(64);
+    let o = Command::new(bin())
+        .args(["plan", "--quiet"])
+        .arg(&r)
+        .arg("--base")
+        .arg(&base)
+        .args(["--sha256", &wrong])
+        .env("PIBAKE_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&wrong), "{err}");
+    let right = sha256sum(&base);
+    let o = Command::new(bin())
+        .args(["plan", "--quiet"])
+        .arg(&r)
+        .arg("--base")
+        .arg(&base)
+        .args(["--sha256", &right])
+        .env("PIBAKE_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

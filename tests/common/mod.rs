@@ -15,11 +15,17 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pibake"))
 }
 
+/// A cache directory for the `pibake` runs of the tests, under `target/`, never the user's.
+pub fn test_cache() -> PathBuf {
+    root_dir().join("target/test-cache")
+}
+
 /// Run `pibake` with `args`.
 pub fn pibake(args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
         .env("NO_COLOR", "1")
+        .env("PIBAKE_CACHE_DIR", test_cache())
         .output()
         .expect("run pibake")
 }
