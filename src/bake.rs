@@ -581,13 +581,9 @@ fn raw_sha256(p: &Prepared, progress: &dyn Progress) -> anyhow::Result<String> {
     })
 }
 
-/// SHA-256 of a file, hex, streamed.
+/// SHA-256 of a file, hex, read in full every time (no memo: `verify` relies on that).
 fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
+    cache::hash_file(path, &mut |_| {})
 }
 
 /// Why `verify` could not even try.

@@ -322,6 +322,39 @@ pub(crate) fn stream_disk(
     Ok(sha)
 }
 
+/// Stream `disk` through `encoder` (which writes into `staged`'s file through [`Hashing`]),
+/// finish it with `finish`, and rename the file into place: the shared body of the `.img.xz`
+/// and `.img.zst` writers.
+pub(crate) fn write_encoded<E: Write>(
+    disk: &CowDisk,
+    staged: Staged,
+    mut encoder: E,
+    finish: impl FnOnce(E) -> io::Result<Hashing<io::BufWriter<File>>>,
+    format: Format,
+    what: &str,
+    progress: &dyn Progress,
+) -> Result<Written, OutputError> {
+    let raw_sha = stream_disk(disk, &mut encoder, what, progress).map_err(|e| match e {
+        Ok(read) => staged.read_err(read),
+        Err(write) => staged.write_err(write),
+    })?;
+    let sink = finish(encoder).map_err(|e| staged.write_err(e))?;
+    let (buffered, bytes, sha256) = sink.finish();
+    let file = buffered
+        .into_inner()
+        .map_err(|e| staged.write_err(e.into_error()))?;
+    let path = staged.dest().to_path_buf();
+    staged.finish(file)?;
+    Ok(Written {
+        path,
+        format,
+        bytes,
+        sha256,
+        raw_bytes: disk.len(),
+        raw_sha256: Some(raw_sha),
+    })
+}
+
 /// Worker threads for the compressors: every core, at least one.
 pub(crate) fn threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u32)

@@ -11,7 +11,7 @@ use std::path::Path;
 use liblzma::stream::{Check, MtStreamBuilder};
 use liblzma::write::XzEncoder;
 
-use super::{Format, Hashing, OutputError, Staged, Written, stream_disk, threads};
+use super::{Format, Hashing, OutputError, Staged, Written, threads, write_encoded};
 use crate::disk::CowDisk;
 use crate::progress::Progress;
 
@@ -47,24 +47,14 @@ pub fn write_with_threads(
         .encoder()
         .map_err(encoder_err)?;
     let sink = Hashing::new(BufWriter::with_capacity(1 << 20, staged.file()?));
-    let mut encoder = XzEncoder::new_stream(sink, stream);
-    let raw_sha =
-        stream_disk(disk, &mut encoder, "compressing (xz)", progress).map_err(|e| match e {
-            Ok(read) => staged.read_err(read),
-            Err(write) => staged.write_err(write),
-        })?;
-    let sink = encoder.finish().map_err(|e| staged.write_err(e))?;
-    let (buffered, bytes, sha256) = sink.finish();
-    let file = buffered
-        .into_inner()
-        .map_err(|e| staged.write_err(e.into_error()))?;
-    staged.finish(file)?;
-    Ok(Written {
-        path: dest.to_path_buf(),
-        format: Format::Xz,
-        bytes,
-        sha256,
-        raw_bytes: disk.len(),
-        raw_sha256: Some(raw_sha),
-    })
+    let encoder = XzEncoder::new_stream(sink, stream);
+    write_encoded(
+        disk,
+        staged,
+        encoder,
+        XzEncoder::finish,
+        Format::Xz,
+        "compressing (xz)",
+        progress,
+    )
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use ::zstd::stream::write::Encoder;
 use ::zstd::zstd_safe::CParameter;
 
-use super::{Format, Hashing, OutputError, Staged, Written, stream_disk, threads};
+use super::{Format, Hashing, OutputError, Staged, Written, threads, write_encoded};
 use crate::disk::CowDisk;
 use crate::progress::Progress;
 
@@ -47,23 +47,13 @@ pub fn write_with_workers(
     encoder
         .set_pledged_src_size(Some(disk.len()))
         .map_err(encoder_err)?;
-    let raw_sha =
-        stream_disk(disk, &mut encoder, "compressing (zstd)", progress).map_err(|e| match e {
-            Ok(read) => staged.read_err(read),
-            Err(write) => staged.write_err(write),
-        })?;
-    let sink = encoder.finish().map_err(|e| staged.write_err(e))?;
-    let (buffered, bytes, sha256) = sink.finish();
-    let file = buffered
-        .into_inner()
-        .map_err(|e| staged.write_err(e.into_error()))?;
-    staged.finish(file)?;
-    Ok(Written {
-        path: dest.to_path_buf(),
-        format: Format::Zstd,
-        bytes,
-        sha256,
-        raw_bytes: disk.len(),
-        raw_sha256: Some(raw_sha),
-    })
+    write_encoded(
+        disk,
+        staged,
+        encoder,
+        Encoder::finish,
+        Format::Zstd,
+        "compressing (zstd)",
+        progress,
+    )
 }
