@@ -202,6 +202,7 @@ fn sha256_checks_a_local_base_too() {
     let dir = tempfile::tempdir().unwrap();
     let r = recipe(dir.path());
     let wrong = "0".repeat(64);
+    let before = sha256sum(&base);
     let o = Command::new(bin())
         .args(["plan", "--quiet"])
         .arg(&r)
@@ -214,6 +215,7 @@ fn sha256_checks_a_local_base_too() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains(&wrong), "{err}");
+    assert_eq!(sha256sum(&base), before, "the base was modified");
     let right = sha256sum(&base);
     let o = Command::new(bin())
         .args(["plan", "--quiet"])

@@ -204,6 +204,7 @@ fn a_corrupt_block_the_build_reads_is_a_clear_error_and_nothing_is_written() {
     let at = (coff + csize / 2) as usize;
     bytes[at] ^= 0x55;
     std::fs::write(&xz_base, &bytes).unwrap();
+    let before = sha256(&xz_base);
 
     for out in ["out.img.xz", "out.img"] {
         let out = d.join(out);
@@ -218,6 +219,7 @@ fn a_corrupt_block_the_build_reads_is_a_clear_error_and_nothing_is_written() {
             .filter(|e| e.file_name().to_string_lossy().contains("partial"))
             .collect();
         assert!(leftovers.is_empty());
+        assert_eq!(sha256(&xz_base), before, "the base was modified");
     }
 }
 
