@@ -232,6 +232,42 @@ impl CowDisk {
         out
     }
 
+    /// Lay the changed chunks within `offset..offset + buf.len()` over `buf`, which must hold
+    /// the base's bytes there, and return the ranges of `buf` whose bytes really differ from the
+    /// base (merged where they touch, ascending). A chunk rewritten with its old bytes adds none.
+    pub fn overlay(&self, offset: u64, buf: &mut [u8]) -> io::Result<Vec<std::ops::Range<usize>>> {
+        check_bounds(offset, buf.len(), self.len())?;
+        let end = offset + buf.len() as u64;
+        let mut changed: Vec<std::ops::Range<usize>> = Vec::new();
+        let state = self.lock();
+        for (&i, chunk) in state.chunks.range(offset / CHUNK as u64..) {
+            let start = i * CHUNK as u64;
+            if start >= end {
+                break;
+            }
+            let (lo, hi) = (start.max(offset), (start + CHUNK as u64).min(end));
+            let src = &chunk[(lo - start) as usize..(hi - start) as usize];
+            let at = (lo - offset) as usize;
+            let dst = &mut buf[at..(hi - offset) as usize];
+            let differs = |(a, b): (&u8, &u8)| a != b;
+            let Some(first) = src.iter().zip(dst.iter()).position(differs) else {
+                continue;
+            };
+            let last = src
+                .iter()
+                .zip(dst.iter())
+                .rposition(differs)
+                .unwrap_or(first);
+            dst.copy_from_slice(src);
+            let r = at + first..at + last + 1;
+            match changed.last_mut() {
+                Some(prev) if prev.end == r.start => prev.end = r.end,
+                _ => changed.push(r),
+            }
+        }
+        Ok(changed)
+    }
+
     /// SHA-256 over every changed chunk's index and content: equal digests over the same base
     /// mean byte-identical disks.
     pub fn changes_digest(&self) -> String {
@@ -323,6 +359,46 @@ mod tests {
         cow.read_at(0, &mut all).unwrap();
         assert_eq!(all, model);
         assert!(cow.changed_chunks().is_empty());
+    }
+
+    #[test]
+    fn overlay_reports_only_bytes_that_differ() {
+        let (d, base) = disk(5 * CHUNK + 100);
+        let c = CHUNK as u64;
+        // Same bytes written back: a changed chunk, but no change.
+        d.write_at(c, &base[CHUNK..CHUNK + 10]).unwrap();
+        // Two bytes apart inside one chunk, then a run across a chunk edge.
+        d.write_at(2 * c + 5, &[!base[2 * CHUNK + 5]]).unwrap();
+        d.write_at(2 * c + 9, &[!base[2 * CHUNK + 9]]).unwrap();
+        let run: Vec<u8> = base[4 * CHUNK - 3..4 * CHUNK + 3]
+            .iter()
+            .map(|b| !b)
+            .collect();
+        d.write_at(4 * c - 3, &run).unwrap();
+        // The partial last chunk.
+        d.write_at(5 * c + 99, &[!base[5 * CHUNK + 99]]).unwrap();
+
+        let mut whole = base.clone();
+        let changed = d.overlay(0, &mut whole).unwrap();
+        let mut expect = vec![0u8; whole.len()];
+        d.read_at(0, &mut expect).unwrap();
+        assert_eq!(whole, expect);
+        let ranges = [
+            2 * CHUNK + 5..2 * CHUNK + 10,
+            4 * CHUNK - 3..4 * CHUNK + 3,
+            5 * CHUNK + 99..5 * CHUNK + 100,
+        ];
+        assert_eq!(changed, ranges.to_vec());
+
+        // A window starting mid-chunk sees offsets relative to itself.
+        let (off, len) = (2 * CHUNK + 7, 2 * CHUNK);
+        let mut part = base[off..off + len].to_vec();
+        let changed = d.overlay(off as u64, &mut part).unwrap();
+        assert_eq!(part, expect[off..off + len]);
+        assert_eq!(
+            changed,
+            vec![2..3, 4 * CHUNK - 3 - off..4 * CHUNK + 3 - off]
+        );
     }
 
     #[test]

@@ -603,7 +603,12 @@ pub fn decode_block(file: &File, index: &XzIndex, i: usize) -> Result<Vec<u8>, X
 }
 
 /// Decode the whole block `raw` (header to check), described by `block`, number `index`.
-fn decode_raw(raw: &[u8], block: &XzBlock, index: usize, check: u8) -> Result<Vec<u8>, XzError> {
+pub(crate) fn decode_raw(
+    raw: &[u8],
+    block: &XzBlock,
+    index: usize,
+    check: u8,
+) -> Result<Vec<u8>, XzError> {
     let corrupt = |reason: String| XzError::CorruptBlock {
         index,
         uncompressed_offset: block.uncompressed_offset,
@@ -705,6 +710,35 @@ fn decode_raw(raw: &[u8], block: &XzBlock, index: usize, check: u8) -> Result<Ve
     // within the capacity reserved above.
     unsafe { out.set_len(out_pos) };
     Ok(out)
+}
+
+/// The header size and dictionary size of a block whose only filter is LZMA2, read from its
+/// header (the first bytes of `raw`); `None` for any other filter chain or a header that does not
+/// decode.
+pub(crate) fn lone_lzma2(raw: &[u8], check: u8) -> Option<(usize, u32)> {
+    let header_size = (usize::from(*raw.first()?) + 1) * 4;
+    if raw[0] == 0 || header_size > raw.len() {
+        return None;
+    }
+    let mut filters = Filters::new();
+    // SAFETY: as in `decode_raw`: an all-zero lzma_block is valid, `raw` holds the `header_size`
+    // bytes the decoder reads, and `filters` (LZMA_FILTERS_MAX + 1 entries) outlives the call.
+    let mut opts: sys::lzma_block = unsafe { std::mem::zeroed() };
+    opts.version = 1;
+    opts.header_size = header_size as u32;
+    opts.check = sys::lzma_check::from(check);
+    opts.filters = filters.0.as_mut_ptr();
+    // SAFETY: see above.
+    let ret = unsafe { sys::lzma_block_header_decode(&mut opts, std::ptr::null(), raw.as_ptr()) };
+    let [lzma2, end, ..] = &filters.0;
+    if ret != sys::LZMA_OK || lzma2.id != sys::LZMA_FILTER_LZMA2 || end.id != sys::LZMA_VLI_UNKNOWN
+    {
+        return None;
+    }
+    // SAFETY: the header decoder allocated an lzma_options_lzma for the LZMA2 filter it
+    // reported; it stays alive until `filters` drops at the end of this function.
+    let dict = unsafe { (*lzma2.options.cast::<sys::lzma_options_lzma>()).dict_size };
+    Some((header_size, dict))
 }
 
 fn ret_text(ret: sys::lzma_ret) -> &'static str {
@@ -897,6 +931,42 @@ impl XzDev {
         let data = decode_block(&self.file, &self.index, i)?;
         self.decoded.fetch_add(1, Ordering::Relaxed);
         Ok(data)
+    }
+
+    /// Block `i` as it is stored: header, compressed data, padding and check.
+    pub fn raw_block(&self, i: usize) -> Result<Vec<u8>, XzError> {
+        let block = self.block(i)?;
+        let mut raw = vec![0u8; to_usize(block.total_size)?];
+        read_exact_at(&self.file, block.file_offset, &mut raw)?;
+        Ok(raw)
+    }
+
+    /// Decode block `i` from `raw`, its stored bytes as [`XzDev::raw_block`] returns them,
+    /// verifying its check.
+    pub fn decode_stored(&self, i: usize, raw: &[u8]) -> Result<Vec<u8>, XzError> {
+        let data = decode_raw(raw, &self.block(i)?, i, self.index.check)?;
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    /// Forget every cached block and page: for a caller done with random reads that is about to
+    /// need the memory.
+    pub fn release_cache(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .clear();
+        *self.pages.lock().unwrap_or_else(|p| p.into_inner()) = Pages::default();
+    }
+
+    fn block(&self, i: usize) -> Result<XzBlock, XzError> {
+        self.index.blocks.get(i).copied().ok_or_else(|| {
+            XzError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no xz block {i}: the file has {}", self.index.blocks.len()),
+            ))
+        })
     }
 
     /// Decode every block on `threads` workers and hand each to `f` in file order, stopping at

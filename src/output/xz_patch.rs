@@ -1,13 +1,16 @@
-//! `.img.xz` from an `.img.xz` base: only the blocks an edit touched are compressed again.
+//! `.img.xz` from an `.img.xz` base: only what an edit touched is compressed again.
 //!
 //! Raspberry Pi OS ships its images as independent 24 MiB xz blocks, and a build changes a few
 //! MiB of them. Recompressing the whole image at preset 6 takes minutes; here every base block
 //! that no changed chunk of the [`CowDisk`] overlaps is copied byte for byte (header, data,
-//! padding and check), and only the others are decoded, compared with the edited bytes and, where
-//! they really differ, compressed again as one block at preset 6 (LZMA2, as `xz -6`) with the
-//! base's check type. The output is one stream with the base's block boundaries, so it stays
-//! randomly accessible, and it depends only on the base and the edits: the same inputs give the
-//! same bytes whatever the thread count.
+//! padding and check). The others are decoded, the edits laid over them, and, where their bytes
+//! really changed, rebuilt by [`super::splice`]: the block's LZMA2 chunks that the edit left
+//! valid are kept, the stretches the base stored uncompressed are stored again, and only the
+//! rest is compressed again at preset 6. A block that cannot be spliced (another filter chain,
+//! say) is compressed whole. Every rebuilt block is decoded and compared with the edited bytes
+//! before it is written. The output is one stream with the base's block boundaries and check
+//! type, so it stays randomly accessible, and it depends only on the base and the edits: the
+//! same inputs give the same bytes whatever the thread count.
 //!
 //! Corrupt data in the base: a block an edit touches is decoded and checked, so damage there
 //! stops the write with [`crate::disk::XzError::CorruptBlock`] and nothing is left at the
@@ -24,11 +27,12 @@ use std::path::{Path, PathBuf};
 
 use liblzma_sys as sys;
 
+use super::splice::splice;
 use super::xz::PRESET;
 use super::{Hashing, OutputError, Staged};
 use crate::disk::cow::CHUNK;
 use crate::disk::device::read_exact_at;
-use crate::disk::xz::{in_order, index_bytes, stream_footer, stream_header};
+use crate::disk::xz::{decode_raw, in_order, index_bytes, stream_footer, stream_header};
 use crate::disk::{CowDisk, XzBlock, XzDev};
 use crate::progress::Progress;
 
@@ -50,16 +54,35 @@ pub struct Patched {
     pub blocks: usize,
     /// Blocks compressed again because their bytes changed.
     pub reencoded: usize,
-    /// Compressed bytes copied verbatim from the base.
+    /// Compressed bytes copied verbatim from the base: whole blocks, and chunks kept inside
+    /// rebuilt ones.
     pub copied_bytes: u64,
+    /// Decoded bytes compressed again (the rest of each rebuilt block was kept or stored).
+    pub compressed_again: u64,
+    /// Rebuilt blocks that had to be compressed whole, because they could not be spliced.
+    pub whole: usize,
 }
 
 /// A touched block after its edited bytes were compared with the base.
 enum Rebuilt {
     /// The bytes came out the same as the base's: copy the base block.
     Same,
-    /// A freshly compressed block and its unpadded size.
-    Encoded(Vec<u8>, u64),
+    /// A rebuilt block.
+    New(NewBlock),
+}
+
+/// A block written in place of a base block.
+struct NewBlock {
+    /// Header to check.
+    bytes: Vec<u8>,
+    /// Its size without padding, for the index.
+    unpadded: u64,
+    /// Compressed bytes of base chunks it kept.
+    kept: u64,
+    /// Decoded bytes compressed again for it.
+    compressed: u64,
+    /// Whether it was compressed whole rather than spliced.
+    whole: bool,
 }
 
 /// Write `disk`, whose base is `base`, to `dest` as `.xz`, compressing again only the blocks that
@@ -82,6 +105,8 @@ pub fn write_patched(
         )));
     }
     let touched = touched_blocks(blocks, &disk.changed_chunks(), disk.len());
+    // Reads are over: what the edits cached is only in the way of the encoders now.
+    base.release_cache();
     let mut out = Out {
         sink: Hashing::new(BufWriter::with_capacity(1 << 20, staged.file()?)),
         file: base.file(),
@@ -90,6 +115,8 @@ pub fn write_patched(
         next: 0,
         reencoded: 0,
         copied_bytes: 0,
+        compressed_again: 0,
+        whole: 0,
         progress,
         buf: Vec::new(),
     };
@@ -105,7 +132,7 @@ pub fn write_patched(
             out.copy_until(touched[k], &staged)?;
             match rebuilt {
                 Rebuilt::Same => out.copy_until(touched[k] + 1, &staged),
-                Rebuilt::Encoded(bytes, unpadded) => out.put(&bytes, unpadded, &staged),
+                Rebuilt::New(block) => out.put(&block, &staged),
             }
         },
     )?;
@@ -124,6 +151,7 @@ pub fn write_patched(
         .map_err(|e| staged.write_err(e))?;
     progress.end();
     let (reencoded, copied_bytes) = (out.reencoded, out.copied_bytes);
+    let (compressed_again, whole) = (out.compressed_again, out.whole);
     let (buffered, bytes, sha256) = out.sink.finish();
     let file = buffered
         .into_inner()
@@ -137,6 +165,8 @@ pub fn write_patched(
         blocks: blocks.len(),
         reencoded,
         copied_bytes,
+        compressed_again,
+        whole,
     })
 }
 
@@ -163,7 +193,7 @@ fn touched_blocks(blocks: &[XzBlock], chunks: &[u64], len: u64) -> Vec<usize> {
 }
 
 /// Block `i` as the edited disk has it: the base block if its bytes did not change, else
-/// compressed again.
+/// rebuilt.
 fn rebuild(
     base: &XzDev,
     disk: &CowDisk,
@@ -171,29 +201,60 @@ fn rebuild(
     staged: &Staged,
 ) -> Result<Rebuilt, OutputError> {
     let block = base.index().blocks()[i];
-    let mut edited = vec![0u8; block.uncompressed_size as usize];
-    disk.read_at(block.uncompressed_offset, &mut edited)
-        .map_err(|e| staged.read_err(e))?;
+    let check = base.index().check();
+    let raw = base.raw_block(i).map_err(|e| staged.read_err(e.into()))?;
     // Decoded afresh, not from the cache, so the base block's integrity check is verified now.
-    let original = base.decode(i).map_err(|e| staged.read_err(e.into()))?;
-    if original == edited {
+    let mut edited = base
+        .decode_stored(i, &raw)
+        .map_err(|e| staged.read_err(e.into()))?;
+    let changed = disk
+        .overlay(block.uncompressed_offset, &mut edited)
+        .map_err(|e| staged.read_err(e))?;
+    if changed.is_empty() {
         return Ok(Rebuilt::Same);
     }
-    drop(original);
-    // A block the base could not compress (random data, already-compressed files) is stored:
-    // LZMA would spend seconds per MiB finding nothing, for the same size.
-    let store = block.total_size.saturating_mul(100) >= block.uncompressed_size.saturating_mul(99);
-    encode_block(&edited, base.index().check(), store).map_err(|detail| OutputError::Encoder {
+    let encoder_err = |detail| OutputError::Encoder {
         format: "xz",
         path: staged.dest().to_path_buf(),
         detail,
-    })
+    };
+    let spliced = splice(&raw, check, &edited, &changed).map_err(encoder_err)?;
+    drop(raw);
+    if let Some(s) = spliced {
+        // Splicing rests on reasoning about decoder state; a block that does not decode back to
+        // the edited bytes is never written, whatever the reason.
+        let rebuilt = XzBlock {
+            total_size: s.block.len() as u64,
+            unpadded_size: s.unpadded,
+            ..block
+        };
+        if decode_raw(&s.block, &rebuilt, i, check).is_ok_and(|d| d == edited) {
+            return Ok(Rebuilt::New(NewBlock {
+                bytes: s.block,
+                unpadded: s.unpadded,
+                kept: s.kept,
+                compressed: s.encoded,
+                whole: false,
+            }));
+        }
+    }
+    // A block the base could not compress (random data, already-compressed files) is stored:
+    // LZMA would spend seconds per MiB finding nothing, for the same size.
+    let store = block.total_size.saturating_mul(100) >= block.uncompressed_size.saturating_mul(99);
+    let (bytes, unpadded) = encode_block(&edited, check, store).map_err(encoder_err)?;
+    Ok(Rebuilt::New(NewBlock {
+        bytes,
+        unpadded,
+        kept: 0,
+        compressed: if store { 0 } else { edited.len() as u64 },
+        whole: true,
+    }))
 }
 
 /// Compress `data` as one xz block at [`PRESET`] with check type `check` (or, when `store`,
 /// as LZMA2 uncompressed chunks); returns the whole block (header to check) and its unpadded
 /// size.
-fn encode_block(data: &[u8], check: u8, store: bool) -> Result<Rebuilt, String> {
+fn encode_block(data: &[u8], check: u8, store: bool) -> Result<(Vec<u8>, u64), String> {
     // SAFETY: an all-zero lzma_options_lzma is a valid value (integers, null preset dictionary)
     // that lzma_lzma_preset then fills in.
     let mut lzma2: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
@@ -264,7 +325,7 @@ fn encode_block(data: &[u8], check: u8, store: bool) -> Result<Rebuilt, String> 
     if unpadded == 0 || (unpadded + 3) & !3 != out.len() as u64 {
         return Err("liblzma produced a block of inconsistent size".into());
     }
-    Ok(Rebuilt::Encoded(out, unpadded))
+    Ok((out, unpadded))
 }
 
 /// The output stream as it is written, block by block in order.
@@ -278,6 +339,8 @@ struct Out<'a> {
     next: usize,
     reencoded: usize,
     copied_bytes: u64,
+    compressed_again: u64,
+    whole: usize,
     progress: &'a dyn Progress,
     buf: Vec<u8>,
 }
@@ -307,14 +370,17 @@ impl Out<'_> {
         Ok(())
     }
 
-    /// Write a freshly encoded block in place of the next base block.
-    fn put(&mut self, bytes: &[u8], unpadded: u64, staged: &Staged) -> Result<(), OutputError> {
+    /// Write a rebuilt block in place of the next base block.
+    fn put(&mut self, block: &NewBlock, staged: &Staged) -> Result<(), OutputError> {
         let b = self.blocks[self.next];
         self.sink
-            .write_all(bytes)
+            .write_all(&block.bytes)
             .map_err(|e| staged.write_err(e))?;
-        self.records.push((unpadded, b.uncompressed_size));
+        self.records.push((block.unpadded, b.uncompressed_size));
         self.reencoded += 1;
+        self.copied_bytes += block.kept;
+        self.compressed_again += block.compressed;
+        self.whole += usize::from(block.whole);
         self.finished_block();
         Ok(())
     }

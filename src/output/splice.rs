@@ -1,0 +1,398 @@
+//! One edited xz block rebuilt from its base block, keeping the LZMA2 chunks the edit left valid.
+//!
+//! An xz block's data is an LZMA2 stream: a run of chunks of at most 2 MiB decoded each. An
+//! uncompressed chunk depends on nothing. A compressed chunk decodes against what came before it:
+//! the dictionary (the block's last `dict` decoded bytes) and, unless its control byte resets it,
+//! the LZMA model (probabilities, recent match distances). So a base chunk whose own bytes the
+//! edit did not change decodes the same inside the edited block when the decoder reaches it in
+//! the state the base's encoder left, which holds when
+//! - it follows a base chunk that was copied too (same model, same dictionary), or
+//! - it resets the model and no byte within `dict` before it changed (same dictionary).
+//!
+//! Such chunks are copied as they are. Where the base stored chunks uncompressed (its encoder
+//! gained nothing there: random or already-compressed data), the edited bytes are stored the same
+//! way, without running LZMA over them again. Everything else is compressed again, each stretch
+//! as its own LZMA2 run that resets the model and starts from the edited bytes before it as
+//! preset dictionary, so its matches still reach back past the stretch's start.
+//!
+//! Typically the edit touches a few pages of a 24 MiB block: everything before the first change
+//! is copied, and only the rest of the block's compressible data goes through the encoder. The
+//! caller decodes the result and compares it with the edited bytes before using it.
+
+use std::ops::Range;
+
+use liblzma_sys as sys;
+use sha2::{Digest, Sha256};
+
+use super::xz::PRESET;
+use crate::disk::xz::lone_lzma2;
+
+/// Most bytes one uncompressed LZMA2 chunk holds.
+const STORED_CHUNK: usize = 1 << 16;
+
+/// The window of a re-encoded stretch: its encoder's dictionary, and the most edited bytes before
+/// the stretch that it starts from. Smaller than xz's 8 MiB at preset 6 on purpose: an encoder
+/// must index its whole preset dictionary before it compresses a byte, a block can hold dozens of
+/// stretches between stored chunks, and the encoder's memory grows with its dictionary (about
+/// 11 bytes per byte). The decoder's dictionary stays the base's, which is never smaller.
+const WINDOW: usize = 2 << 20;
+
+/// The property byte of preset 6 (lc=3, lp=0, pb=2), for a block without compressed chunks.
+const DEFAULT_PROPS: u8 = (2 * 5) * 9 + 3;
+
+/// A block rebuilt by [`splice`].
+#[derive(Debug)]
+pub(crate) struct Spliced {
+    /// The whole block: header, data, padding and check.
+    pub block: Vec<u8>,
+    /// Its size without the padding, as the index records it.
+    pub unpadded: u64,
+    /// Compressed bytes of base chunks copied as they were.
+    pub kept: u64,
+    /// Decoded bytes compressed again.
+    pub encoded: u64,
+}
+
+/// One chunk of an LZMA2 stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Chunk {
+    /// Its control byte: 1 or 2 uncompressed, 0x80 and up compressed.
+    control: u8,
+    /// The decoded bytes it produces, as offsets into the block.
+    data: Range<usize>,
+    /// Its header and payload, as offsets into the LZMA2 stream.
+    raw: Range<usize>,
+}
+
+impl Chunk {
+    fn compressed(&self) -> bool {
+        self.control >= 0x80
+    }
+
+    fn resets_model(&self) -> bool {
+        self.control >= 0xA0
+    }
+}
+
+fn resets_dictionary(control: u8) -> bool {
+    control == 1 || control >= 0xE0
+}
+
+/// What to write for a stretch of the edited block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    /// Base chunks `k..l`, copied.
+    Copy(Range<usize>),
+    /// These decoded bytes, as uncompressed chunks.
+    Store(Range<usize>),
+    /// These decoded bytes, compressed again.
+    Encode(Range<usize>),
+}
+
+/// Rebuild the base block `raw` (header to check, check type `check`) so that it decodes to
+/// `edited`, which differs from the base's bytes only within `changed` (sorted, disjoint
+/// ranges). `Ok(None)` when the block is not one this can splice: a filter chain other than a
+/// lone LZMA2, a check type it cannot compute, or an LZMA2 stream that resets its dictionary
+/// mid-way or changes properties. Callers compress such blocks whole.
+pub(crate) fn splice(
+    raw: &[u8],
+    check: u8,
+    edited: &[u8],
+    changed: &[Range<usize>],
+) -> Result<Option<Spliced>, String> {
+    let Some((header_size, dict)) = lone_lzma2(raw, check) else {
+        return Ok(None);
+    };
+    let Some(check_size) = check_size(check) else {
+        return Ok(None);
+    };
+    // The stream ends with its end marker; up to 3 bytes of padding and the check follow.
+    let Some(lzma2) = raw.get(header_size..raw.len().saturating_sub(check_size)) else {
+        return Ok(None);
+    };
+    let Some((chunks, props)) = parse(lzma2) else {
+        return Ok(None);
+    };
+    if chunks.last().map_or(0, |c| c.data.end) != edited.len() {
+        return Ok(None);
+    }
+    let props = props.unwrap_or(DEFAULT_PROPS);
+    let mut data: Vec<u8> = Vec::new();
+    // Room for the header (at most 1 KiB), padding and check too, so the block is built in this
+    // one buffer: rebuilt blocks are up to 24 MiB and several are in flight at once.
+    data.try_reserve(lzma2.len() + STORED_CHUNK + 1024 + 3 + check_size)
+        .map_err(|_| "out of memory for a rebuilt block".to_string())?;
+    let (mut kept, mut encoded) = (0u64, 0u64);
+    for piece in plan(&chunks, changed, dict as usize) {
+        match piece {
+            Piece::Copy(ks) => {
+                let first = &chunks[ks.start];
+                let span = &lzma2[first.raw.start..chunks[ks.end - 1].raw.end];
+                if first.resets_model() && first.control < 0xC0 {
+                    // The model resets with the properties it last had, and what precedes the
+                    // copy here (stored chunks, say) may not have declared them: declare them.
+                    data.push(0xC0 | (first.control & 0x1F));
+                    data.extend_from_slice(&span[1..5]);
+                    data.push(props);
+                    data.extend_from_slice(&span[5..]);
+                } else {
+                    data.extend_from_slice(span);
+                }
+                kept += span.len() as u64;
+            }
+            Piece::Store(r) => {
+                for (n, part) in edited[r.clone()].chunks(STORED_CHUNK).enumerate() {
+                    // Only the block's very first chunk resets the (empty) dictionary.
+                    data.push(if r.start == 0 && n == 0 { 1 } else { 2 });
+                    data.extend_from_slice(&((part.len() - 1) as u16).to_be_bytes());
+                    data.extend_from_slice(part);
+                }
+            }
+            Piece::Encode(r) => {
+                encode_run(edited, r.clone(), dict, props, &mut data)?;
+                encoded += r.len() as u64;
+            }
+        }
+    }
+    data.push(0x00);
+    let header = block_header(dict, data.len(), edited.len(), check)?;
+    let unpadded = (header.len() + data.len() + check_size) as u64;
+    let mut block = data;
+    block.splice(0..0, header);
+    block.resize(block.len().next_multiple_of(4), 0);
+    block.extend_from_slice(&check_value(check, edited));
+    Ok(Some(Spliced {
+        block,
+        unpadded,
+        kept,
+        encoded,
+    }))
+}
+
+/// The chunks of an LZMA2 stream and the property byte its compressed chunks declare; `None` when
+/// the stream is malformed, resets its dictionary anywhere but at its first chunk, or declares
+/// different properties along the way.
+fn parse(lzma2: &[u8]) -> Option<(Vec<Chunk>, Option<u8>)> {
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut props: Option<u8> = None;
+    let (mut pos, mut out) = (0usize, 0usize);
+    loop {
+        let control = *lzma2.get(pos)?;
+        if control == 0 {
+            return Some((chunks, props));
+        }
+        let (header, decoded, payload) = if control >= 0x80 {
+            let h = lzma2.get(pos..pos + 5)?;
+            let decoded = (usize::from(control & 0x1F) << 16 | usize::from(h[1]) << 8) + 1;
+            let decoded = decoded + usize::from(h[2]);
+            let payload = (usize::from(h[3]) << 8 | usize::from(h[4])) + 1;
+            if control >= 0xC0 {
+                let p = *lzma2.get(pos + 5)?;
+                if props.is_some_and(|q| q != p) {
+                    return None;
+                }
+                props = Some(p);
+                (6, decoded, payload)
+            } else {
+                (5, decoded, payload)
+            }
+        } else if control <= 2 {
+            let h = lzma2.get(pos..pos + 3)?;
+            let decoded = (usize::from(h[1]) << 8 | usize::from(h[2])) + 1;
+            (3, decoded, decoded)
+        } else {
+            return None;
+        };
+        if chunks.is_empty() != resets_dictionary(control) {
+            return None;
+        }
+        let end = pos + header + payload;
+        if end > lzma2.len() {
+            return None;
+        }
+        chunks.push(Chunk {
+            control,
+            data: out..out + decoded,
+            raw: pos..end,
+        });
+        (pos, out) = (end, out + decoded);
+    }
+}
+
+/// Whether any of `changed` (sorted, disjoint) overlaps `r`.
+fn hit(changed: &[Range<usize>], r: Range<usize>) -> bool {
+    let i = changed.partition_point(|c| c.end <= r.start);
+    !r.is_empty() && changed.get(i).is_some_and(|c| c.start < r.end)
+}
+
+/// What to write for each stretch of the edited block (see the module documentation), with
+/// neighbouring pieces of one kind merged.
+fn plan(chunks: &[Chunk], changed: &[Range<usize>], dict: usize) -> Vec<Piece> {
+    let mut pieces: Vec<Piece> = Vec::new();
+    for (k, c) in chunks.iter().enumerate() {
+        let piece = if !c.compressed() {
+            Piece::Store(c.data.clone())
+        } else {
+            let clean = !hit(changed, c.data.clone());
+            let follows_copy = matches!(pieces.last(), Some(Piece::Copy(r)) if r.end == k);
+            let window = c.data.start.saturating_sub(dict)..c.data.start;
+            let fresh = c.resets_model() && !hit(changed, window);
+            if clean && (follows_copy || fresh) {
+                Piece::Copy(k..k + 1)
+            } else {
+                Piece::Encode(c.data.clone())
+            }
+        };
+        match (pieces.last_mut(), piece) {
+            (Some(Piece::Copy(a)), Piece::Copy(b)) if a.end == b.start => a.end = b.end,
+            (Some(Piece::Store(a)), Piece::Store(b)) => a.end = b.end,
+            (Some(Piece::Encode(a)), Piece::Encode(b)) => a.end = b.end,
+            (_, piece) => pieces.push(piece),
+        }
+    }
+    pieces
+}
+
+/// LZMA options for re-encoding: preset 6's search with the base's properties and our window.
+fn lzma_options(dict: u32, props: u8) -> Result<sys::lzma_options_lzma, String> {
+    // SAFETY: an all-zero lzma_options_lzma is a valid value (integers, null preset dictionary)
+    // that lzma_lzma_preset then fills in.
+    let mut o: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
+    // SAFETY: `o` is a valid, writable lzma_options_lzma for the call.
+    if unsafe { sys::lzma_lzma_preset(&mut o, PRESET) } != 0 {
+        return Err(format!("liblzma does not know preset {PRESET}"));
+    }
+    o.dict_size = dict;
+    o.lc = u32::from(props % 9);
+    o.lp = u32::from(props / 9 % 5);
+    o.pb = u32::from(props / 45);
+    Ok(o)
+}
+
+/// Compress `edited[run]` as LZMA2 chunks appended to `out`, without an end marker: a fresh
+/// model (its first compressed chunk declares `props`) over a dictionary preloaded with up to
+/// [`WINDOW`] edited bytes before the run.
+fn encode_run(
+    edited: &[u8],
+    run: Range<usize>,
+    dict: u32,
+    props: u8,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let window = WINDOW.min(dict as usize);
+    let preset = &edited[run.start.saturating_sub(window)..run.start];
+    let mut lzma = lzma_options(window.max(4096) as u32, props)?;
+    if !preset.is_empty() {
+        lzma.preset_dict = preset.as_ptr();
+        lzma.preset_dict_size = preset.len() as u32;
+    }
+    let filters = [
+        sys::lzma_filter {
+            id: sys::LZMA_FILTER_LZMA2,
+            options: (&raw mut lzma).cast(),
+        },
+        sys::lzma_filter {
+            id: sys::LZMA_VLI_UNKNOWN,
+            options: std::ptr::null_mut(),
+        },
+    ];
+    let input = &edited[run];
+    // SAFETY: a pure function of its argument. A block's bound covers its LZMA2 data.
+    let bound = unsafe { sys::lzma_block_buffer_bound(input.len()) };
+    let start = out.len();
+    out.try_reserve(bound)
+        .map_err(|_| "out of memory for a rebuilt block".to_string())?;
+    let mut pos = 0usize;
+    // SAFETY: the input pointer and length describe `input`; the output pointer is valid for
+    // `bound` bytes of writes past `start` (reserved above) and liblzma writes only below
+    // `pos`; `filters`, `lzma` and the preset dictionary it points into (`edited`) all outlive
+    // the call, which does not keep them.
+    let ret = unsafe {
+        sys::lzma_raw_buffer_encode(
+            filters.as_ptr(),
+            std::ptr::null(),
+            input.as_ptr(),
+            input.len(),
+            out.as_mut_ptr().add(start),
+            &mut pos,
+            bound,
+        )
+    };
+    if ret != sys::LZMA_OK {
+        return Err(format!(
+            "liblzma could not compress a stretch (error {ret})"
+        ));
+    }
+    // SAFETY: liblzma initialised `pos <= bound` bytes past `start`, within the reservation.
+    unsafe { out.set_len(start + pos) };
+    // The run continues into whatever follows, so its own end marker goes.
+    if out.pop() != Some(0x00) {
+        return Err("liblzma ended an LZMA2 stretch without an end marker".into());
+    }
+    Ok(())
+}
+
+/// The header of an LZMA2 block with dictionary `dict` whose data is `compressed` bytes long
+/// and decodes to `uncompressed` bytes.
+fn block_header(
+    dict: u32,
+    compressed: usize,
+    uncompressed: usize,
+    check: u8,
+) -> Result<Vec<u8>, String> {
+    let mut lzma = lzma_options(dict, DEFAULT_PROPS)?;
+    let mut filters = [
+        sys::lzma_filter {
+            id: sys::LZMA_FILTER_LZMA2,
+            options: (&raw mut lzma).cast(),
+        },
+        sys::lzma_filter {
+            id: sys::LZMA_VLI_UNKNOWN,
+            options: std::ptr::null_mut(),
+        },
+    ];
+    // SAFETY: an all-zero lzma_block is a valid value; the fields the header functions read are
+    // set below.
+    let mut block: sys::lzma_block = unsafe { std::mem::zeroed() };
+    block.version = 1;
+    block.check = sys::lzma_check::from(check);
+    block.filters = filters.as_mut_ptr();
+    block.compressed_size = compressed as u64;
+    block.uncompressed_size = uncompressed as u64;
+    // SAFETY: `block` and the filters it points to are valid and live through the call.
+    if unsafe { sys::lzma_block_header_size(&mut block) } != sys::LZMA_OK {
+        return Err("liblzma cannot size the header of a rebuilt block".into());
+    }
+    let mut header = vec![0u8; block.header_size as usize];
+    // SAFETY: `header` has the `header_size` bytes the encoder writes; `block` is as above.
+    if unsafe { sys::lzma_block_header_encode(&block, header.as_mut_ptr()) } != sys::LZMA_OK {
+        return Err("liblzma cannot write the header of a rebuilt block".into());
+    }
+    Ok(header)
+}
+
+/// Size of the integrity check `check`, for the check types this module computes.
+fn check_size(check: u8) -> Option<usize> {
+    match check {
+        0 => Some(0),
+        1 => Some(4),
+        4 => Some(8),
+        10 => Some(32),
+        _ => None,
+    }
+}
+
+/// The integrity check of type `check` over `data`, as a block stores it.
+fn check_value(check: u8, data: &[u8]) -> Vec<u8> {
+    match check {
+        // SAFETY (both): the pointer and length describe `data`; the functions only read it.
+        1 => unsafe { sys::lzma_crc32(data.as_ptr(), data.len(), 0) }
+            .to_le_bytes()
+            .to_vec(),
+        4 => unsafe { sys::lzma_crc64(data.as_ptr(), data.len(), 0) }
+            .to_le_bytes()
+            .to_vec(),
+        10 => Sha256::digest(data).to_vec(),
+        _ => Vec::new(),
+    }
+}
