@@ -418,8 +418,13 @@ pub enum Route {
         blocks: usize,
         /// Blocks re-encoded because the build changed them.
         reencoded: usize,
-        /// Compressed bytes copied verbatim from the base.
+        /// Compressed bytes copied verbatim from the base: whole blocks, and LZMA2 chunks kept
+        /// inside re-encoded ones.
         copied_bytes: u64,
+        /// Decoded bytes that went through the compressor again.
+        compressed_again: u64,
+        /// Re-encoded blocks compressed whole, because their chunks could not be spliced.
+        whole: usize,
     },
     /// Raw output from an `.img.xz` base whose decoded copy was not cached: every block decoded
     /// once in parallel, the changes laid over it; the decoded base is now cached.
@@ -442,10 +447,15 @@ impl Route {
         match self {
             Route::Full => "every block encoded".into(),
             Route::XzPatch {
-                blocks, reencoded, ..
+                blocks,
+                reencoded,
+                compressed_again,
+                ..
             } => format!(
-                "{} of {blocks} xz blocks copied verbatim, {reencoded} re-encoded",
-                blocks - reencoded
+                "{} of {blocks} xz blocks copied verbatim, {reencoded} spliced \
+                 ({:.1} MiB compressed again)",
+                blocks - reencoded,
+                *compressed_again as f64 / 1048576.0
             ),
             Route::XzDecode { cached: true } => {
                 "base decoded once (kept in the cache for the next build)".into()
@@ -491,6 +501,8 @@ fn apply_and_write(
             blocks: w.blocks,
             reencoded: w.reencoded,
             copied_bytes: w.copied_bytes,
+            compressed_again: w.compressed_again,
+            whole: w.whole,
         };
         let written = Written {
             path: w.path,

@@ -118,6 +118,14 @@ fn every_route_gives_the_raw_route_s_bytes_on_every_fixture() {
             reencoded > 0 && reencoded < base_blocks.len() as u64 / 2,
             "{r}"
         );
+        // Blocks xz wrote are spliced, never compressed whole, and only part of each is
+        // compressed again.
+        assert_eq!(r["whole"], 0, "{r}");
+        let block_size = base_blocks[0].1;
+        assert!(
+            r["compressed_again"].as_u64().unwrap() < reencoded * block_size,
+            "{r}"
+        );
         assert!(m["outputs"][0]["raw_sha256"].is_null());
 
         // .img.xz -> .img, cold: one decoding pass, and the decoded base enters the cache.
