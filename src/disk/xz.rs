@@ -958,6 +958,14 @@ impl XzDev {
             .entries
             .clear();
         *self.pages.lock().unwrap_or_else(|p| p.into_inner()) = Pages::default();
+        // glibc keeps freed memory (the pages are thousands of small allocations) counted
+        // against the process unless asked to give it back.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only hands free memory back to the kernel, under the allocator's
+        // own locks; no live allocation is touched.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     fn block(&self, i: usize) -> Result<XzBlock, XzError> {

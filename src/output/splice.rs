@@ -30,12 +30,15 @@ use crate::disk::xz::lone_lzma2;
 /// Most bytes one uncompressed LZMA2 chunk holds.
 const STORED_CHUNK: usize = 1 << 16;
 
-/// The window of a re-encoded stretch: its encoder's dictionary, and the most edited bytes before
-/// the stretch that it starts from. Smaller than xz's 8 MiB at preset 6 on purpose: an encoder
-/// must index its whole preset dictionary before it compresses a byte, a block can hold dozens of
-/// stretches between stored chunks, and the encoder's memory grows with its dictionary (about
-/// 11 bytes per byte). The decoder's dictionary stays the base's, which is never smaller.
+/// The window of a re-encoded run: its encoder's dictionary, and the most edited bytes before
+/// the run that it starts from. Smaller than xz's 8 MiB at preset 6 on purpose: the encoder's
+/// memory grows with its dictionary (about 11 bytes per byte), several encoders run at once, and
+/// matches further back are rare in disk images. The decoder keeps the base's dictionary size,
+/// which is never smaller, so every match stays in reach.
 const WINDOW: usize = 2 << 20;
+
+/// The shortest preset dictionary a re-encoded run gets (see [`encode_run`]).
+const MIN_PRESET: usize = 64 << 10;
 
 /// The property byte of preset 6 (lc=3, lp=0, pb=2), for a block without compressed chunks.
 const DEFAULT_PROPS: u8 = (2 * 5) * 9 + 3;
@@ -290,7 +293,11 @@ fn encode_run(
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
     let window = WINDOW.min(dict as usize);
-    let preset = &edited[run.start.saturating_sub(window)..run.start];
+    // The encoder indexes its preset dictionary before it compresses a byte, at about a fifth of
+    // the cost of compressing it; a short run between stored stretches gets a short one, so
+    // indexing never costs more than the run itself.
+    let reach = window.min(run.len().max(MIN_PRESET));
+    let preset = &edited[run.start.saturating_sub(reach)..run.start];
     let mut lzma = lzma_options(window.max(4096) as u32, props)?;
     if !preset.is_empty() {
         lzma.preset_dict = preset.as_ptr();
