@@ -630,17 +630,7 @@ pub(crate) fn decode_raw(
     }
     let out_len = to_usize(block.uncompressed_size)?;
     let mut filters = Filters::new();
-    // SAFETY: an all-zero lzma_block is a valid value (null pointers, zero integers); the fields
-    // the header decoder reads are set just below.
-    let mut opts: sys::lzma_block = unsafe { std::mem::zeroed() };
-    opts.version = 1;
-    opts.header_size = header_size as u32;
-    opts.check = sys::lzma_check::from(check);
-    opts.filters = filters.0.as_mut_ptr();
-    // SAFETY: `raw` holds at least `header_size` bytes (checked above), all the decoder reads;
-    // `opts.filters` points to LZMA_FILTERS_MAX + 1 entries as the API requires and outlives the
-    // call; the options it allocates are freed when `filters` drops.
-    let ret = unsafe { sys::lzma_block_header_decode(&mut opts, std::ptr::null(), raw.as_ptr()) };
+    let (mut opts, ret) = read_header(raw, header_size, check, &mut filters);
     if ret != sys::LZMA_OK {
         return Err(corrupt(format!(
             "its header does not decode ({})",
@@ -721,15 +711,7 @@ pub(crate) fn lone_lzma2(raw: &[u8], check: u8) -> Option<(usize, u32)> {
         return None;
     }
     let mut filters = Filters::new();
-    // SAFETY: as in `decode_raw`: an all-zero lzma_block is valid, `raw` holds the `header_size`
-    // bytes the decoder reads, and `filters` (LZMA_FILTERS_MAX + 1 entries) outlives the call.
-    let mut opts: sys::lzma_block = unsafe { std::mem::zeroed() };
-    opts.version = 1;
-    opts.header_size = header_size as u32;
-    opts.check = sys::lzma_check::from(check);
-    opts.filters = filters.0.as_mut_ptr();
-    // SAFETY: see above.
-    let ret = unsafe { sys::lzma_block_header_decode(&mut opts, std::ptr::null(), raw.as_ptr()) };
+    let (_, ret) = read_header(raw, header_size, check, &mut filters);
     let [lzma2, end, ..] = &filters.0;
     if ret != sys::LZMA_OK || lzma2.id != sys::LZMA_FILTER_LZMA2 || end.id != sys::LZMA_VLI_UNKNOWN
     {
@@ -739,6 +721,29 @@ pub(crate) fn lone_lzma2(raw: &[u8], check: u8) -> Option<(usize, u32)> {
     // reported; it stays alive until `filters` drops at the end of this function.
     let dict = unsafe { (*lzma2.options.cast::<sys::lzma_options_lzma>()).dict_size };
     Some((header_size, dict))
+}
+
+/// Decode the `header_size`-byte block header at the start of `raw` (the caller has checked it
+/// is that long), its filter chain into `filters`; liblzma's verdict comes with the result.
+fn read_header(
+    raw: &[u8],
+    header_size: usize,
+    check: u8,
+    filters: &mut Filters,
+) -> (sys::lzma_block, sys::lzma_ret) {
+    debug_assert!(header_size <= raw.len());
+    // SAFETY: an all-zero lzma_block is a valid value (null pointers, zero integers); the fields
+    // the header decoder reads are set just below.
+    let mut opts: sys::lzma_block = unsafe { std::mem::zeroed() };
+    opts.version = 1;
+    opts.header_size = header_size as u32;
+    opts.check = sys::lzma_check::from(check);
+    opts.filters = filters.0.as_mut_ptr();
+    // SAFETY: `raw` holds at least `header_size` bytes (the callers check), all the decoder
+    // reads; `opts.filters` points to LZMA_FILTERS_MAX + 1 entries as the API requires and
+    // outlives the call; the options it allocates are freed when `filters` drops.
+    let ret = unsafe { sys::lzma_block_header_decode(&mut opts, std::ptr::null(), raw.as_ptr()) };
+    (opts, ret)
 }
 
 fn ret_text(ret: sys::lzma_ret) -> &'static str {

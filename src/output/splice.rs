@@ -266,8 +266,8 @@ fn plan(chunks: &[Chunk], changed: &[Range<usize>], dict: usize) -> Vec<Piece> {
     pieces
 }
 
-/// LZMA options for re-encoding: preset 6's search with the base's properties and our window.
-fn lzma_options(dict: u32, props: u8) -> Result<sys::lzma_options_lzma, String> {
+/// The LZMA options of [`PRESET`], as `xz -6` uses them.
+pub(super) fn preset_options() -> Result<sys::lzma_options_lzma, String> {
     // SAFETY: an all-zero lzma_options_lzma is a valid value (integers, null preset dictionary)
     // that lzma_lzma_preset then fills in.
     let mut o: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
@@ -275,6 +275,27 @@ fn lzma_options(dict: u32, props: u8) -> Result<sys::lzma_options_lzma, String> 
     if unsafe { sys::lzma_lzma_preset(&mut o, PRESET) } != 0 {
         return Err(format!("liblzma does not know preset {PRESET}"));
     }
+    Ok(o)
+}
+
+/// A filter chain of LZMA2 alone, with options `lzma`, terminated as liblzma expects.
+pub(super) fn lzma2_chain(lzma: &mut sys::lzma_options_lzma) -> [sys::lzma_filter; 2] {
+    [
+        sys::lzma_filter {
+            id: sys::LZMA_FILTER_LZMA2,
+            options: (lzma as *mut sys::lzma_options_lzma).cast(),
+        },
+        sys::lzma_filter {
+            id: sys::LZMA_VLI_UNKNOWN,
+            options: std::ptr::null_mut(),
+        },
+    ]
+}
+
+/// LZMA options for re-encoding: preset 6's search with dictionary `dict` and property byte
+/// `props` (the base's).
+fn lzma_options(dict: u32, props: u8) -> Result<sys::lzma_options_lzma, String> {
+    let mut o = preset_options()?;
     o.dict_size = dict;
     o.lc = u32::from(props % 9);
     o.lp = u32::from(props / 9 % 5);
@@ -303,16 +324,7 @@ fn encode_run(
         lzma.preset_dict = preset.as_ptr();
         lzma.preset_dict_size = preset.len() as u32;
     }
-    let filters = [
-        sys::lzma_filter {
-            id: sys::LZMA_FILTER_LZMA2,
-            options: (&raw mut lzma).cast(),
-        },
-        sys::lzma_filter {
-            id: sys::LZMA_VLI_UNKNOWN,
-            options: std::ptr::null_mut(),
-        },
-    ];
+    let filters = lzma2_chain(&mut lzma);
     let input = &edited[run];
     // SAFETY: a pure function of its argument. A block's bound covers its LZMA2 data.
     let bound = unsafe { sys::lzma_block_buffer_bound(input.len()) };
@@ -358,16 +370,7 @@ fn block_header(
     check: u8,
 ) -> Result<Vec<u8>, String> {
     let mut lzma = lzma_options(dict, DEFAULT_PROPS)?;
-    let mut filters = [
-        sys::lzma_filter {
-            id: sys::LZMA_FILTER_LZMA2,
-            options: (&raw mut lzma).cast(),
-        },
-        sys::lzma_filter {
-            id: sys::LZMA_VLI_UNKNOWN,
-            options: std::ptr::null_mut(),
-        },
-    ];
+    let mut filters = lzma2_chain(&mut lzma);
     // SAFETY: an all-zero lzma_block is a valid value; the fields the header functions read are
     // set below.
     let mut block: sys::lzma_block = unsafe { std::mem::zeroed() };
@@ -461,16 +464,9 @@ mod tests {
     /// block and its unpadded size.
     fn encode(data: &[u8], dict: u32, check: u8, x86: bool) -> (Vec<u8>, u64) {
         let mut lzma = lzma_options(dict, DEFAULT_PROPS).unwrap();
-        let lzma2 = sys::lzma_filter {
-            id: sys::LZMA_FILTER_LZMA2,
-            options: (&raw mut lzma).cast(),
-        };
+        let [lzma2, end] = lzma2_chain(&mut lzma);
         let bcj = sys::lzma_filter {
             id: sys::LZMA_FILTER_X86,
-            options: std::ptr::null_mut(),
-        };
-        let end = sys::lzma_filter {
-            id: sys::LZMA_VLI_UNKNOWN,
             options: std::ptr::null_mut(),
         };
         let mut filters = if x86 {

@@ -4,7 +4,7 @@
 //! MiB of them. Recompressing the whole image at preset 6 takes minutes; here every base block
 //! that no changed chunk of the [`CowDisk`] overlaps is copied byte for byte (header, data,
 //! padding and check). The others are decoded, the edits laid over them, and, where their bytes
-//! really changed, rebuilt by [`super::splice`]: the block's LZMA2 chunks that the edit left
+//! really changed, rebuilt by the `splice` module: the block's LZMA2 chunks that the edit left
 //! valid are kept, the stretches the base stored uncompressed are stored again, and only the
 //! rest is compressed again at preset 6. A block that cannot be spliced (another filter chain,
 //! say) is compressed whole. Every rebuilt block is decoded and compared with the edited bytes
@@ -27,8 +27,7 @@ use std::path::{Path, PathBuf};
 
 use liblzma_sys as sys;
 
-use super::splice::splice;
-use super::xz::PRESET;
+use super::splice::{lzma2_chain, preset_options, splice};
 use super::{Hashing, OutputError, Staged};
 use crate::disk::cow::CHUNK;
 use crate::disk::device::read_exact_at;
@@ -251,27 +250,12 @@ fn rebuild(
     }))
 }
 
-/// Compress `data` as one xz block at [`PRESET`] with check type `check` (or, when `store`,
+/// Compress `data` as one xz block at [`super::xz::PRESET`] with check type `check` (or, when `store`,
 /// as LZMA2 uncompressed chunks); returns the whole block (header to check) and its unpadded
 /// size.
 fn encode_block(data: &[u8], check: u8, store: bool) -> Result<(Vec<u8>, u64), String> {
-    // SAFETY: an all-zero lzma_options_lzma is a valid value (integers, null preset dictionary)
-    // that lzma_lzma_preset then fills in.
-    let mut lzma2: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
-    // SAFETY: `lzma2` is a valid, writable lzma_options_lzma for the call.
-    if unsafe { sys::lzma_lzma_preset(&mut lzma2, PRESET) } != 0 {
-        return Err(format!("liblzma does not know preset {PRESET}"));
-    }
-    let mut filters = [
-        sys::lzma_filter {
-            id: sys::LZMA_FILTER_LZMA2,
-            options: (&raw mut lzma2).cast(),
-        },
-        sys::lzma_filter {
-            id: sys::LZMA_VLI_UNKNOWN,
-            options: std::ptr::null_mut(),
-        },
-    ];
+    let mut lzma2 = preset_options()?;
+    let mut filters = lzma2_chain(&mut lzma2);
     // SAFETY: an all-zero lzma_block is a valid value; version, check and filters are set below.
     let mut block: sys::lzma_block = unsafe { std::mem::zeroed() };
     block.version = 1;
