@@ -140,7 +140,7 @@ impl Bmap {
     }
 }
 
-/// What [`write`] produced.
+/// What [`write()`] produced.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BmapWritten {
     /// Final path.

@@ -156,7 +156,7 @@ pub fn write_from_xz(
 
 /// Decode every block of `xz` in parallel into `file` (sized to fit; zero runs stay holes): the
 /// decoded copy of a base, for the cache. Read errors are `Ok`, write errors `Err`, as in
-/// [`Staged`]'s split.
+/// `Staged`'s split.
 pub fn decode_xz_to(
     xz: &XzDev,
     file: &File,

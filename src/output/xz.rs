@@ -25,7 +25,7 @@ pub fn write(disk: &CowDisk, dest: &Path, progress: &dyn Progress) -> Result<Wri
     write_with_threads(disk, dest, threads(), progress)
 }
 
-/// [`write`] with an explicit number of encoder threads (at least one is used).
+/// [`write()`] with an explicit number of encoder threads (at least one is used).
 pub fn write_with_threads(
     disk: &CowDisk,
     dest: &Path,

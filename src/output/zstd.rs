@@ -24,7 +24,7 @@ pub fn write(disk: &CowDisk, dest: &Path, progress: &dyn Progress) -> Result<Wri
     write_with_workers(disk, dest, threads(), progress)
 }
 
-/// [`write`] with an explicit number of worker threads (at least one is used).
+/// [`write()`] with an explicit number of worker threads (at least one is used).
 pub fn write_with_workers(
     disk: &CowDisk,
     dest: &Path,
