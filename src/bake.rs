@@ -565,6 +565,14 @@ fn decode_into_cache(
         Ok(read) => anyhow::Error::from(read).context(format!("decoding {}", base.display())),
         Err(write) => anyhow::Error::from(write).context("writing the decoded base to the cache"),
     })?;
+    // Waiting here for 1.9 GB to reach the disk would cost a cold build seconds; where the boot
+    // can be told apart, the entry records it instead and is synced when first used again.
+    let unsynced_boot = cache::boot_id();
+    if unsynced_boot.is_none() {
+        tmp.as_file()
+            .sync_all()
+            .context("writing the decoded base to the cache")?;
+    }
     let meta = ImageMeta {
         key: base_sha256.to_string(),
         // Not hashed: the copy is trusted because it is the decode of a file whose own SHA-256
@@ -575,6 +583,7 @@ fn decode_into_cache(
         origin: base.display().to_string(),
         verification: crate::acquire::Verification::local_unchecked(base_sha256),
         created: cache::now_secs(),
+        unsynced_boot,
     };
     Ok(cache.commit_image(tmp, &meta)?)
 }

@@ -23,22 +23,29 @@ fn recipe(dir: &Path) -> PathBuf {
     p
 }
 
-fn build(dir: &Path, base: &Path, out: &Path) -> Output {
-    Command::new(bin())
-        .args(["build", "--quiet"])
+fn command(dir: &Path, base: &Path, out: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["build", "--quiet"])
         .arg(recipe(dir))
         .arg("--base")
         .arg(base)
         .arg("-o")
         .arg(out)
         .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env("PIBAKE_CACHE_DIR", dir.join("cache"))
-        .output()
-        .unwrap()
+        .env("PIBAKE_CACHE_DIR", dir.join("cache"));
+    c
+}
+
+fn build(dir: &Path, base: &Path, out: &Path) -> Output {
+    command(dir, base, out).output().unwrap()
 }
 
 fn build_ok(dir: &Path, base: &Path, out: &Path) -> serde_json::Value {
-    let o = build(dir, base, out);
+    build_checked(command(dir, base, out), base, out)
+}
+
+fn build_checked(mut cmd: Command, base: &Path, out: &Path) -> serde_json::Value {
+    let o = cmd.output().unwrap();
     assert!(
         o.status.success(),
         "build from {} to {} failed:\n{}",
@@ -274,4 +281,55 @@ fn a_downloaded_xz_base_is_read_in_place_and_downloaded_once() {
         1,
         "the second build must use the cached download"
     );
+}
+
+#[test]
+fn a_decoded_base_cached_in_an_earlier_boot_and_never_synced_is_decoded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let xz_base = fixture_xz("bookworm");
+    let in_boot = |boot: &str, out: &Path| {
+        let mut c = command(d, &xz_base, out);
+        c.env("PIBAKE_BOOT_ID", boot);
+        build_checked(c, &xz_base, out)
+    };
+    let image_meta = || -> serde_json::Value {
+        let images = d.join("cache/images");
+        let json = std::fs::read_dir(&images)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "json"))
+            .expect("a decoded base in the cache");
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+    };
+
+    // The cold build leaves the decoded copy unsynced, marked with its boot.
+    let first = in_boot("boot-a", &d.join("a.img"));
+    assert_eq!(route(&first), "xz-decode");
+    assert_eq!(image_meta()["unsynced_boot"], "boot-a");
+
+    // After a reboot (a crash, for all pibake knows) it is not trusted: decoded again.
+    let second = in_boot("boot-b", &d.join("b.img"));
+    assert_eq!(
+        route(&second),
+        "xz-decode",
+        "an unsynced copy from another boot was reused"
+    );
+    assert_eq!(image_meta()["unsynced_boot"], "boot-b");
+
+    // Within its boot it is reused, synced, and from then on trusted in any boot.
+    let third = in_boot("boot-b", &d.join("c.img"));
+    assert_eq!(route(&third), "cached-copy");
+    assert!(
+        image_meta().get("unsynced_boot").is_none(),
+        "{}",
+        image_meta()
+    );
+    let fourth = in_boot("boot-c", &d.join("d.img"));
+    assert_eq!(route(&fourth), "cached-copy");
+
+    let want = sha256(&d.join("a.img"));
+    for out in ["b.img", "c.img", "d.img"] {
+        assert_eq!(sha256(&d.join(out)), want, "{out}");
+    }
 }

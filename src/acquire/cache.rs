@@ -40,6 +40,23 @@ pub struct ImageMeta {
     pub verification: Verification,
     /// Seconds since the Unix epoch when the image entered the cache.
     pub created: u64,
+    /// Set when the image entered the cache before its bytes were known to be on disk: the
+    /// system boot (see [`boot_id`]) it was written in. A crash could have lost bytes that boot
+    /// still had in memory, so the image is trusted only within that boot, and is synced (and
+    /// this cleared) the first time it is used again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsynced_boot: Option<String>,
+}
+
+/// The identity of the running system boot, where the platform has one (Linux's
+/// `/proc/sys/kernel/random/boot_id`); `PIBAKE_BOOT_ID` stands in for it in tests.
+pub fn boot_id() -> Option<String> {
+    let id = match std::env::var("PIBAKE_BOOT_ID") {
+        Ok(id) => id,
+        Err(_) => fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?,
+    };
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 /// What is recorded beside a download.
@@ -222,6 +239,21 @@ impl Cache {
         if fs::metadata(&img).ok()?.len() != meta.size || meta.key != key {
             return None;
         }
+        let meta = match meta.unsynced_boot {
+            None => meta,
+            // Written in an earlier boot and never synced: a crash may have cut it short.
+            Some(ref boot) if boot_id().as_ref() != Some(boot) => return None,
+            Some(_) => {
+                File::open(&img).and_then(|f| f.sync_all()).ok()?;
+                let synced = ImageMeta {
+                    unsynced_boot: None,
+                    ..meta
+                };
+                // Failing to record the sync only means syncing again next time.
+                let _ = self.write_json(&meta_path, &synced);
+                synced
+            }
+        };
         touch(&meta_path);
         Some((img, meta))
     }

@@ -667,6 +667,7 @@ fn decode_cached(
         origin: origin_text.to_string(),
         verification: verification.clone(),
         created: cache::now_secs(),
+        unsynced_boot: None,
     };
     let image = cache.commit_image(tmp, &meta)?;
     Ok(Acquired {
