@@ -301,6 +301,16 @@ impl XzIndex {
         self.uncompressed_len
     }
 
+    /// Block `i`, or an error naming how many blocks there are.
+    fn get(&self, i: usize) -> Result<&XzBlock, XzError> {
+        self.blocks.get(i).ok_or_else(|| {
+            XzError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no xz block {i}: the file has {}", self.blocks.len()),
+            ))
+        })
+    }
+
     /// Position in [`XzIndex::blocks`] of the block holding image byte `offset`;
     /// `blocks().len()` when `offset` is past the end.
     pub fn block_at(&self, offset: u64) -> usize {
@@ -591,15 +601,16 @@ fn out_of_memory() -> XzError {
 
 /// Decode block `i` of `index` from `file`, checking it against its integrity check.
 pub fn decode_block(file: &File, index: &XzIndex, i: usize) -> Result<Vec<u8>, XzError> {
-    let block = index.blocks.get(i).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("no xz block {i}: the file has {}", index.blocks.len()),
-        )
-    })?;
+    let raw = read_stored(file, index, i)?;
+    decode_raw(&raw, index.get(i)?, i, index.check)
+}
+
+/// Block `i` of `index` as `file` stores it: header, compressed data, padding and check.
+fn read_stored(file: &File, index: &XzIndex, i: usize) -> Result<Vec<u8>, XzError> {
+    let block = index.get(i)?;
     let mut raw = vec![0u8; to_usize(block.total_size)?];
     read_exact_at(file, block.file_offset, &mut raw)?;
-    decode_raw(&raw, block, i, index.check)
+    Ok(raw)
 }
 
 /// Decode the whole block `raw` (header to check), described by `block`, number `index`.
@@ -940,16 +951,13 @@ impl XzDev {
 
     /// Block `i` as it is stored: header, compressed data, padding and check.
     pub fn raw_block(&self, i: usize) -> Result<Vec<u8>, XzError> {
-        let block = self.block(i)?;
-        let mut raw = vec![0u8; to_usize(block.total_size)?];
-        read_exact_at(&self.file, block.file_offset, &mut raw)?;
-        Ok(raw)
+        read_stored(&self.file, &self.index, i)
     }
 
     /// Decode block `i` from `raw`, its stored bytes as [`XzDev::raw_block`] returns them,
     /// verifying its check.
     pub fn decode_stored(&self, i: usize, raw: &[u8]) -> Result<Vec<u8>, XzError> {
-        let data = decode_raw(raw, &self.block(i)?, i, self.index.check)?;
+        let data = decode_raw(raw, self.index.get(i)?, i, self.index.check)?;
         self.decoded.fetch_add(1, Ordering::Relaxed);
         Ok(data)
     }
@@ -971,15 +979,6 @@ impl XzDev {
         unsafe {
             libc::malloc_trim(0);
         }
-    }
-
-    fn block(&self, i: usize) -> Result<XzBlock, XzError> {
-        self.index.blocks.get(i).copied().ok_or_else(|| {
-            XzError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("no xz block {i}: the file has {}", self.index.blocks.len()),
-            ))
-        })
     }
 
     /// Decode every block on `threads` workers and hand each to `f` in file order, stopping at

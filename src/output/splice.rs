@@ -196,8 +196,9 @@ fn parse(lzma2: &[u8]) -> Option<(Vec<Chunk>, Option<u8>)> {
         }
         let (header, decoded, payload) = if control >= 0x80 {
             let h = lzma2.get(pos..pos + 5)?;
-            let decoded = (usize::from(control & 0x1F) << 16 | usize::from(h[1]) << 8) + 1;
-            let decoded = decoded + usize::from(h[2]);
+            let decoded =
+                (usize::from(control & 0x1F) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]))
+                    + 1;
             let payload = (usize::from(h[3]) << 8 | usize::from(h[4])) + 1;
             if control >= 0xC0 {
                 let p = *lzma2.get(pos + 5)?;
