@@ -30,6 +30,16 @@ impl ApplyError {
     }
 }
 
+impl crate::error::Classify for ApplyError {
+    fn kind(&self) -> crate::error::Kind {
+        if self.is_bad_input() {
+            crate::error::Kind::BadInput
+        } else {
+            crate::error::Kind::Environment
+        }
+    }
+}
+
 /// What applying did, per operation: true where something was written.
 pub type Report = Vec<bool>;
 

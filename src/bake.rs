@@ -81,6 +81,12 @@ pub struct Prepared {
 #[error("no base image: give --base IMAGE or set `base` under [image] in the recipe")]
 pub struct NoBase;
 
+impl crate::error::Classify for NoBase {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::BadInput
+    }
+}
+
 fn epoch(opts: &Options, v: &Validated) -> anyhow::Result<(i64, String)> {
     if let Some(e) = opts.epoch {
         return Ok((e, "--epoch".into()));
@@ -628,6 +634,12 @@ pub enum VerifyError {
         /// Now.
         actual: String,
     },
+}
+
+impl crate::error::Classify for VerifyError {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::BadInput
+    }
 }
 
 /// The outcome of `verify`.

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod bake;
 pub mod cli;
 pub mod disk;
+pub mod error;
 pub mod facts;
 pub mod fs;
 pub mod output;

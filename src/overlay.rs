@@ -55,6 +55,16 @@ impl OverlayError {
     }
 }
 
+impl crate::error::Classify for OverlayError {
+    fn kind(&self) -> crate::error::Kind {
+        if self.is_bad_input() {
+            crate::error::Kind::BadInput
+        } else {
+            crate::error::Kind::Environment
+        }
+    }
+}
+
 /// Which partition an entry targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -193,6 +193,16 @@ impl PlanError {
     }
 }
 
+impl crate::error::Classify for PlanError {
+    fn kind(&self) -> crate::error::Kind {
+        if self.is_bad_input() {
+            crate::error::Kind::BadInput
+        } else {
+            crate::error::Kind::Environment
+        }
+    }
+}
+
 /// The release's codename for messages, or a neutral phrase when the image has none.
 fn release_name(facts: &Facts) -> String {
     if facts.os.codename.is_empty() {

@@ -22,6 +22,12 @@ pub struct RecipeError {
     pub message: String,
 }
 
+impl crate::error::Classify for RecipeError {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::BadInput
+    }
+}
+
 /// The recipe could not be read at all.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read recipe {path}: {source}")]
@@ -30,6 +36,12 @@ pub struct RecipeReadError {
     pub path: PathBuf,
     /// What the OS said.
     pub source: std::io::Error,
+}
+
+impl crate::error::Classify for RecipeReadError {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::BadInput
+    }
 }
 
 /// `[image]`

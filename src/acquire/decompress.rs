@@ -114,6 +114,16 @@ impl DecodeError {
     }
 }
 
+impl crate::error::Classify for DecodeError {
+    fn kind(&self) -> crate::error::Kind {
+        if self.is_bad_input() {
+            crate::error::Kind::BadInput
+        } else {
+            crate::error::Kind::Environment
+        }
+    }
+}
+
 /// Identify the format of `path` from its first bytes, cross-checked against its extension.
 pub fn detect(path: &Path) -> Result<Compression, DecodeError> {
     let mut head = [0u8; 8];

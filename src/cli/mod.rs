@@ -190,3 +190,9 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BadInput(pub String);
+
+impl crate::error::Classify for BadInput {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::BadInput
+    }
+}

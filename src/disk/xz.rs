@@ -108,6 +108,16 @@ impl XzError {
     }
 }
 
+impl crate::error::Classify for XzError {
+    fn kind(&self) -> crate::error::Kind {
+        if self.is_bad_input() {
+            crate::error::Kind::BadInput
+        } else {
+            crate::error::Kind::Environment
+        }
+    }
+}
+
 impl From<XzError> for io::Error {
     /// I/O errors pass through; the rest become `InvalidData` carrying the [`XzError`], so its
     /// message survives and a caller can still downcast to it.

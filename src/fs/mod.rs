@@ -180,6 +180,16 @@ impl FsError {
     }
 }
 
+impl crate::error::Classify for FsError {
+    fn kind(&self) -> crate::error::Kind {
+        if self.is_bad_input() {
+            crate::error::Kind::BadInput
+        } else {
+            crate::error::Kind::Environment
+        }
+    }
+}
+
 /// The operations every stage above the filesystems uses. Paths are absolute in the partition.
 pub trait FileOps {
     /// Metadata of `path`, not following a final symlink.

@@ -66,6 +66,16 @@ impl BmapError {
     }
 }
 
+impl crate::error::Classify for BmapError {
+    fn kind(&self) -> crate::error::Kind {
+        if self.is_bad_input() {
+            crate::error::Kind::BadInput
+        } else {
+            crate::error::Kind::Environment
+        }
+    }
+}
+
 /// Byte ranges of `image` that must be copied for an identical result, ascending and merged,
 /// widened to whole [`BLOCK_SIZE`] blocks (the last may end at the image's end).
 ///

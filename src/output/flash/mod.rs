@@ -156,6 +156,16 @@ impl FlashError {
     }
 }
 
+impl crate::error::Classify for FlashError {
+    fn kind(&self) -> crate::error::Kind {
+        if self.is_bad_input() {
+            crate::error::Kind::BadInput
+        } else {
+            crate::error::Kind::Environment
+        }
+    }
+}
+
 /// Where an image is written: a card, or a file standing in for one.
 pub trait Target {
     /// Size in bytes.
