@@ -7,6 +7,8 @@
 
 pub mod acquire;
 pub mod apply;
+#[cfg(test)]
+mod architecture;
 pub mod bake;
 pub mod cli;
 pub mod disk;

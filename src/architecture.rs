@@ -1,0 +1,210 @@
+//! Checks on the shape of the crate itself, read from its source: the stages point one way, only
+//! `main` uses `cli`, only `cli` uses `clap`, and no source file grows past the size a reader
+//! can hold in their head. These are tests because a rule nobody checks erodes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Top-level modules from the bottom of the pipeline to the top. A module may use only modules
+/// that come before it here.
+const LAYERS: &[&str] = &[
+    "error", "progress", "parallel", "xz", "compress", "disk", "acquire", "fs", "facts", "recipe",
+    "overlay", "plan", "apply", "output", "bake", "cli",
+];
+
+/// Longest source file, in lines, before it should be split.
+const MAX_LINES: usize = 800;
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("src/ is readable")
+        .map(|e| e.expect("directory entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`src/disk/cow.rs` → `disk`), or its own name for
+/// `lib.rs` and `main.rs`.
+fn module_of(file: &Path) -> String {
+    let rel = file.strip_prefix(src()).expect("under src/");
+    let first = rel.components().next().expect("non-empty path");
+    let name = first.as_os_str().to_string_lossy();
+    name.trim_end_matches(".rs").to_string()
+}
+
+/// Source text without `//` comments (doc links are not dependencies).
+fn code(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.find("//") {
+            // Keep `//` inside string literals such as URLs: only cut when no quote precedes it.
+            Some(i) if !l[..i].contains('"') => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Top-level modules `text` refers to through `crate::` paths, including `use crate::{a, b}`.
+fn crate_refs(text: &str) -> BTreeSet<String> {
+    let mut refs = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("crate::") {
+        let after = &rest[i + "crate::".len()..];
+        // Skip identifiers that merely end in `crate` (`pibake_crate::`): the char before must
+        // not be part of an identifier.
+        let before_ok = rest[..i]
+            .chars()
+            .last()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        if before_ok {
+            if let Some(group) = after.strip_prefix('{') {
+                for item in top_level_items(group) {
+                    let name: String = item
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if !name.is_empty() {
+                        refs.insert(name);
+                    }
+                }
+            } else {
+                let name: String = after
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    refs.insert(name);
+                }
+            }
+        }
+        rest = after;
+    }
+    refs
+}
+
+/// The comma-separated items of a `use` group up to its closing brace, nested groups kept whole:
+/// `a::{b, c}, d}` gives `a::{b, c}` and `d`.
+fn top_level_items(group: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..i]);
+                return items;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&group[start..]);
+    items
+}
+
+/// Module → the other top-level modules it uses.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in files {
+        let m = module_of(&f);
+        let text = code(&std::fs::read_to_string(&f).expect("source is readable"));
+        let deps = g.entry(m.clone()).or_default();
+        for r in crate_refs(&text) {
+            if r != m {
+                deps.insert(r);
+            }
+        }
+    }
+    g
+}
+
+#[test]
+fn stages_point_one_way() {
+    let g = graph();
+    let mut wrong = Vec::new();
+    for (m, deps) in &g {
+        if m == "lib" || m == "main" || m == "architecture" {
+            continue;
+        }
+        let Some(level) = LAYERS.iter().position(|l| l == m) else {
+            wrong.push(format!(
+                "{m} is not in LAYERS: place it in src/architecture.rs"
+            ));
+            continue;
+        };
+        for d in deps {
+            match LAYERS.iter().position(|l| l == d) {
+                Some(dl) if dl < level => {}
+                Some(_) => wrong.push(format!("{m} uses {d}, which is above it")),
+                None => wrong.push(format!("{m} uses {d}, which is not in LAYERS")),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn only_main_uses_cli_and_only_cli_uses_clap() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut wrong = Vec::new();
+    for f in files {
+        let m = module_of(&f);
+        if m == "cli" || m == "main" || m == "architecture" {
+            continue;
+        }
+        let text = code(&std::fs::read_to_string(&f).expect("source is readable"));
+        if crate_refs(&text).contains("cli") {
+            wrong.push(format!("{} uses cli", f.display()));
+        }
+        if text.contains("clap::") || text.contains("use clap") {
+            wrong.push(format!("{} uses clap", f.display()));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn no_source_file_is_too_long() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let n = std::fs::read_to_string(f).ok()?.lines().count();
+            (n > MAX_LINES).then(|| format!("{}: {n} lines", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "split these:\n{}", long.join("\n"));
+}
+
+#[test]
+fn the_reference_reader_sees_what_it_should() {
+    let text = "use crate::{disk::{Image, Region}, fs};\nlet x = crate::xz::XzIndex::read(f); // crate::cli\n";
+    let refs = crate_refs(&code(text));
+    assert_eq!(
+        refs.into_iter().collect::<Vec<_>>(),
+        ["disk", "fs", "xz"],
+        "comments are not dependencies"
+    );
+    assert_eq!(module_of(&src().join("disk/cow.rs")), "disk");
+    assert_eq!(module_of(&src().join("facts.rs")), "facts");
+}
