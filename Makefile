@@ -4,12 +4,17 @@ CARGO    ?= cargo
 FIXTURES := target/fixtures
 RELEASES := bullseye bookworm trixie gpt
 
-.PHONY: build test demo bench fixtures lint fmt clean-fixtures
+.PHONY: build deps test demo bench fixtures lint fmt clean-fixtures
 
 build:
 	$(CARGO) build --release
 
-test:
+# The Debian packages the fixtures and tests use: installed when missing (as root), else the
+# exact apt-get command is printed. `demo`, `test` and CI all go through it.
+deps:
+	@bash tests/deps.sh
+
+test: deps
 	$(CARGO) test --lib --bins --tests
 
 lint:
@@ -21,7 +26,7 @@ fmt:
 	$(CARGO) fmt --all
 
 # Raspberry Pi OS-shaped images for tests and the demo; FULL=1 adds the ~3 GB benchmark image.
-fixtures:
+fixtures: deps
 	@mkdir -p $(FIXTURES)
 	@for r in $(RELEASES); do \
 	  if [ ! $(FIXTURES)/$$r.img -nt tests/fixtures/build.sh ]; then \
