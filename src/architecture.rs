@@ -15,6 +15,39 @@ const LAYERS: &[&str] = &[
 /// Longest source file, in lines, before it should be split.
 const MAX_LINES: usize = 800;
 
+/// Known breaches of the rules below, each to be removed by issue 12 (one clear shape). The
+/// checks fail on a breach not listed here, and on a listed one that is gone, so the list can
+/// only shrink.
+const KNOWN_DEBT: &[&str] = &[
+    "bake uses cli, which is above it",
+    "disk uses acquire, which is above it",
+    "src/bake.rs uses cli",
+    "src/plan.rs uses clap",
+    "src/disk/xz.rs is over the line limit",
+];
+
+/// Fail on breaches that are not known debt, and on known debt of this check that is paid.
+fn judge(check: &str, found: Vec<String>, is_mine: impl Fn(&str) -> bool) {
+    let new: Vec<&String> = found
+        .iter()
+        .filter(|f| !KNOWN_DEBT.contains(&f.as_str()))
+        .collect();
+    let paid: Vec<&&str> = KNOWN_DEBT
+        .iter()
+        .filter(|d| is_mine(d) && !found.iter().any(|f| f == *d))
+        .collect();
+    assert!(
+        new.is_empty() && paid.is_empty(),
+        "{check}:\nnew breaches: {new:#?}\nno longer true, remove from KNOWN_DEBT: {paid:#?}"
+    );
+}
+
+/// `src/...` relative path of a source file, for stable messages.
+fn shown(file: &Path) -> String {
+    let rel = file.strip_prefix(src()).expect("under src/");
+    format!("src/{}", rel.display())
+}
+
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -158,7 +191,7 @@ fn stages_point_one_way() {
             }
         }
     }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    judge("stages point one way", wrong, |d| d.contains("which is"));
 }
 
 #[test]
@@ -173,13 +206,15 @@ fn only_main_uses_cli_and_only_cli_uses_clap() {
         }
         let text = code(&std::fs::read_to_string(&f).expect("source is readable"));
         if crate_refs(&text).contains("cli") {
-            wrong.push(format!("{} uses cli", f.display()));
+            wrong.push(format!("{} uses cli", shown(&f)));
         }
         if text.contains("clap::") || text.contains("use clap") {
-            wrong.push(format!("{} uses clap", f.display()));
+            wrong.push(format!("{} uses clap", shown(&f)));
         }
     }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    judge("cli and clap", wrong, |d| {
+        d.ends_with(" uses cli") || d.ends_with(" uses clap")
+    });
 }
 
 #[test]
@@ -190,10 +225,10 @@ fn no_source_file_is_too_long() {
         .iter()
         .filter_map(|f| {
             let n = std::fs::read_to_string(f).ok()?.lines().count();
-            (n > MAX_LINES).then(|| format!("{}: {n} lines", f.display()))
+            (n > MAX_LINES).then(|| format!("{} is over the line limit", shown(f)))
         })
         .collect();
-    assert!(long.is_empty(), "split these:\n{}", long.join("\n"));
+    judge("file length", long, |d| d.ends_with("line limit"));
 }
 
 #[test]
