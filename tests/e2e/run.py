@@ -16,7 +16,8 @@ For each fixture it runs these scenarios, each on freshly booted VMs (see vm.py)
   dhcp-silent-uplink  master's uplink NIC present but nothing on it (no upstream): the worker
                    still gets its lease, and DHCP did not wait for the uplink (issue 15 item 4).
   dhcp-no-uplink   the master has no uplink NIC at all: same.
-  control-unconfigured  the fixture itself as master: must FAIL, at the lease.
+  control-unconfigured  the fixture itself as master: must FAIL, at the lease. (The two
+                   controls run on the first fixture only, unless asked for with --only.)
   control-no-nat-at-boot  pibake's master with nftables.service not enabled (an extra overlay
                    removes the link): must FAIL, at egress/masquerade and at ingress.
 
@@ -254,8 +255,8 @@ def check_dhcp_prompt(c):
     if t_dns is None:
         return Check("dhcp-prompt", False, "pibake-dnsmasq.service never became active")
     late = t_dns - t_eth0
-    story = "dnsmasq %+.0f s after eth0, online at %s" % (
-        late, "%.0f s" % t_online if t_online else "never")
+    story = "dnsmasq %+.0f s after eth0%s" % (
+        late, ", network-online at %.0f s" % t_online if t_online else "")
     return Check("dhcp-prompt", late <= DHCP_PROMPT_S, story if late <= DHCP_PROMPT_S else
                  "pibake-dnsmasq became active %.0f s after eth0 had its address (network-online at %s): "
                  "it waited for the uplink" % (late, "%.0f s" % t_online if t_online else "never"))
@@ -475,9 +476,12 @@ def main():
 
     results = []
     t0 = time.monotonic()
-    for shape, image in fixtures:
+    for i, (shape, image) in enumerate(fixtures):
         for name in SCENARIOS:
             if args.only and name not in args.only:
+                continue
+            # A control proves the checks can fail; once is enough, and boots are dear.
+            if name.startswith("control-") and i > 0 and not args.only:
                 continue
             results.append(run_scenario(env, shape, os.path.abspath(image), name))
     passed = sum(results)
