@@ -4,7 +4,7 @@ CARGO    ?= cargo
 FIXTURES := target/fixtures
 RELEASES := bullseye bookworm trixie gpt
 
-.PHONY: build deps test demo bench fixtures lint fmt clean-fixtures
+.PHONY: build deps test e2e demo bench fixtures lint fmt clean-fixtures
 
 build:
 	$(CARGO) build --release
@@ -16,6 +16,18 @@ deps:
 
 test: deps
 	$(CARGO) test --lib --bins --tests
+
+# The boot test (issue 15): a master baked by pibake boots in qemu with a worker and an
+# upstream, and must serve, route, masquerade, keep the world out and survive a reboot.
+# Needs root; fixtures are cached in target/e2e/fixtures. E2E_SHAPES picks the fixtures. It uses
+# the dev build `make test` has just made (optimised, see Cargo.toml), not a second, release one;
+# E2E_PIBAKE=target/release/pibake tests an existing release build instead.
+E2E_SHAPES ?= bookworm
+E2E_PIBAKE ?= target/debug/pibake
+e2e:
+	@bash tests/deps.sh e2e
+	@if [ "$(E2E_PIBAKE)" = target/debug/pibake ]; then $(CARGO) build --quiet; fi
+	@E2E_PIBAKE=$(E2E_PIBAKE) bash tests/e2e/e2e.sh $(E2E_SHAPES)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # `make deps`: the Debian packages the demo and the tests need, installed when missing.
+# `tests/deps.sh e2e` does the same for the boot test (`make e2e`).
 #
 # Each line below is a command the fixtures or the tests run and the package that ships it. As
 # root with apt-get, what is missing is named and then installed; otherwise the exact command to
@@ -30,6 +31,23 @@ gpg         gpg              tests: detached OpenPGP signatures made by a real s
 unshare     util-linux       tests: network-less namespaces
 bmaptool    bmap-tools       oracle: bmaptool copy reproduces images from .bmap files
 '
+
+# `make e2e` (tests/deps.sh e2e): the boot test's bootable fixtures and virtual machines.
+e2e_needs='
+debootstrap debootstrap      e2e fixtures: real Debian trees from the configured archive
+qemu-system-x86_64 qemu-system-x86 e2e: boots the master, a worker and an upstream
+mkfs.ext4   e2fsprogs        e2e fixtures: rootfs by mkfs.ext4 -d; debugfs reads the kernel back
+mkfs.vfat   dosfstools       e2e fixtures: FAT32 bootfs
+mtype       mtools           e2e fixtures and harness: cmdline.txt in and out
+sfdisk      fdisk            e2e fixtures: the MBR
+python3     python3          e2e: the harness
+ssh-keygen  openssh-client   e2e: the key the recipe authorises for the SSH check
+'
+case "${1-}" in
+'') ;;
+e2e) needs=$e2e_needs ;;
+*) echo "usage: $0 [e2e]" >&2; exit 2 ;;
+esac
 
 # sbin directories are not on every user's PATH, but the tools there are still usable by path.
 have() {
