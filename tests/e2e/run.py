@@ -92,9 +92,13 @@ def poll(fn, timeout, every=3):
 
 
 def ipv4_of(vm, dev):
+    """The interface's IPv4 address, not counting link-local ones: dhcpcd gives itself a
+    169.254 address while it waits for a DHCP server, and goes on asking."""
     rc, out = vm.run("ip -4 -o addr show dev %s scope global" % dev, timeout=15)
-    m = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/(\d+)", out or "") if rc == 0 else None
-    return m.group(1) if m else None
+    for addr in re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/\d+", out or "") if rc == 0 else []:
+        if not addr.startswith("169.254."):
+            return addr
+    return None
 
 
 def connect(vm, addr, port, timeout=6):
