@@ -29,6 +29,7 @@ impl<R: BufRead> MtXzReader<R> {
         // SAFETY: an all-zero lzma_stream is LZMA_STREAM_INIT, and an all-zero lzma_mt is a valid
         // starting point (null pointers, zero integers) whose public fields are then set.
         let mut strm: sys::lzma_stream = unsafe { std::mem::zeroed() };
+        // SAFETY: see above; lzma_mt is plain data for which all-zero is valid.
         let mut mt: sys::lzma_mt = unsafe { std::mem::zeroed() };
         mt.flags = sys::LZMA_CONCATENATED
             | if ignore_check {

@@ -406,10 +406,11 @@ fn check_size(check: u8) -> Option<usize> {
 /// The integrity check of type `check` over `data`, as a block stores it.
 fn check_value(check: u8, data: &[u8]) -> Vec<u8> {
     match check {
-        // SAFETY (both): the pointer and length describe `data`; the functions only read it.
+        // SAFETY: the pointer and length describe `data`; the function only reads it.
         1 => unsafe { sys::lzma_crc32(data.as_ptr(), data.len(), 0) }
             .to_le_bytes()
             .to_vec(),
+        // SAFETY: as for CRC32 above.
         4 => unsafe { sys::lzma_crc64(data.as_ptr(), data.len(), 0) }
             .to_le_bytes()
             .to_vec(),
@@ -481,9 +482,13 @@ mod tests {
         block.version = 1;
         block.check = sys::lzma_check::from(check);
         block.filters = filters.as_mut_ptr();
+        // SAFETY: a pure function of its integer argument.
         let bound = unsafe { sys::lzma_block_buffer_bound(data.len()) };
         let mut out = vec![0u8; bound];
         let mut pos = 0;
+        // SAFETY: `block` and its filter chain are initialised above and outlive the call; the
+        // input and output pointers describe `data` and `out` (of `bound` bytes), and `pos` is
+        // the output position liblzma advances.
         let ret = unsafe {
             sys::lzma_block_buffer_encode(
                 &mut block,
@@ -497,6 +502,7 @@ mod tests {
         };
         assert_eq!(ret, sys::LZMA_OK);
         out.truncate(pos);
+        // SAFETY: `block` was just filled in by a successful encode.
         (out, unsafe { sys::lzma_block_unpadded_size(&block) })
     }
 
