@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 /// Top-level modules from the bottom of the pipeline to the top. A module may use only modules
 /// that come before it here.
 const LAYERS: &[&str] = &[
-    "error", "progress", "parallel", "xz", "compress", "disk", "acquire", "fs", "facts", "recipe",
-    "overlay", "plan", "apply", "output", "bake", "cli",
+    "error", "progress", "parallel", "xz", "compress", "disk", "acquire", "fs", "facts", "overlay",
+    "recipe", "plan", "apply", "output", "bake", "cli",
 ];
 
 /// Longest source file, in lines, before it should be split.
@@ -22,7 +22,6 @@ const KNOWN_DEBT: &[&str] = &[
     "bake uses cli, which is above it",
     "disk uses acquire, which is above it",
     "src/bake.rs uses cli",
-    "src/plan.rs uses clap",
     "src/disk/xz.rs is over the line limit",
 ];
 

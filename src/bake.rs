@@ -13,8 +13,8 @@ use crate::facts::{self, Facts};
 use crate::fs::ext4::Ext4;
 use crate::fs::fat::Fat;
 use crate::output::{Format, Written};
-use crate::overlay::Overlay;
-use crate::plan::{self, Plan, StackChoice};
+use crate::overlay::Layers;
+use crate::plan::{self, Plan};
 use crate::progress::Progress;
 use crate::recipe::{self, Validated};
 
@@ -25,10 +25,12 @@ pub struct Options {
     pub recipe: PathBuf,
     /// Base image overriding the recipe's `[image] base`.
     pub base: Option<String>,
-    /// `--stack`.
-    pub stack: StackChoice,
+    /// `--stack`: `auto` or the name of a stack the overlays declare.
+    pub stack: String,
     /// Extra overlay directories, applied after the role's.
     pub overlays: Vec<PathBuf>,
+    /// Directories of roles (one subdirectory per role), searched before the built-in ones.
+    pub roles: Vec<PathBuf>,
     /// Timestamp for everything written; `None` = recipe, then `SOURCE_DATE_EPOCH`, then now.
     pub epoch: Option<i64>,
     /// Where bases come from, the cache, and how downloads are checked.
@@ -74,6 +76,8 @@ pub struct Prepared {
     pub recipe_path: PathBuf,
     /// Extra overlay directories used.
     pub overlay_dirs: Vec<PathBuf>,
+    /// Role directories searched.
+    pub role_dirs: Vec<PathBuf>,
 }
 
 /// No base image named anywhere.
@@ -91,7 +95,7 @@ fn epoch(opts: &Options, v: &Validated) -> anyhow::Result<(i64, String)> {
     if let Some(e) = opts.epoch {
         return Ok((e, "--epoch".into()));
     }
-    if let Some(e) = v.recipe.build.epoch {
+    if let Some(e) = v.epoch() {
         return Ok((e, "recipe [build] epoch".into()));
     }
     if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
@@ -114,11 +118,13 @@ fn epoch(opts: &Options, v: &Validated) -> anyhow::Result<(i64, String)> {
 
 /// Read the recipe, open the base, read facts and make the plan. Nothing is written.
 pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepared> {
-    let v = recipe::load(&opts.recipe)?;
+    let doc = recipe::load(&opts.recipe)?;
+    let layers = Layers::resolve(&doc.role()?, &opts.roles, &opts.overlays)?;
+    let v = doc.validate(&layers)?;
     let base_name = opts
         .base
         .clone()
-        .or_else(|| v.recipe.image.base.clone())
+        .or_else(|| v.base().map(str::to_string))
         .ok_or(NoBase)?;
     let mut base = resolve_base(&base_name, &opts.recipe);
     let cache = Cache::open(&opts.acquire.cache_dir)?;
@@ -186,11 +192,7 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         epoch,
     )?;
     let facts = facts::gather(&mut root, &mut boot)?;
-    let mut overlays = vec![Overlay::built_in(v.recipe.node.role.get_ref())?];
-    for dir in &opts.overlays {
-        overlays.push(Overlay::from_dir(dir)?);
-    }
-    let plan = plan::make(&v, &facts, &overlays, opts.stack, epoch, &mut root)?;
+    let plan = plan::make(&v, &facts, &layers, &opts.stack, epoch)?;
     Ok(Prepared {
         recipe: v,
         base,
@@ -207,6 +209,7 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         epoch_source,
         recipe_path: opts.recipe.clone(),
         overlay_dirs: opts.overlays.clone(),
+        role_dirs: opts.roles.clone(),
     })
 }
 
@@ -350,7 +353,7 @@ pub fn build(
             "recipe": {
                 "path": p.recipe_path,
                 "sha256": sha256_file(&p.recipe_path)?,
-                "content": recipe::redacted(&p.recipe.recipe),
+                "content": p.recipe.redacted(),
             },
             "overlays": p.overlay_dirs,
             "stack": p.plan.stack,
@@ -361,6 +364,11 @@ pub fn build(
         "changed_operations": report.iter().filter(|c| **c).count(),
         "outputs": outputs,
     });
+    let mut manifest = manifest;
+    if !p.role_dirs.is_empty() {
+        // Only when used, so manifests of builds with built-in roles stay as they were.
+        manifest["inputs"]["roles"] = json!(p.role_dirs);
+    }
     let manifest_path = PathBuf::from(format!("{}.manifest.json", out.display()));
     let text = serde_json::to_string_pretty(&manifest)?;
     let tmp = tempfile::NamedTempFile::new_in(
@@ -384,17 +392,18 @@ pub fn build(
 
 /// The Imager entry's words: what the user gave, else defaults from the recipe and the base.
 fn imager_info(p: &Prepared, req: &ImagerRequest) -> crate::output::imager::EntryInfo {
-    let node = &p.recipe.recipe.node;
+    let hostname = p.recipe.str("node", "hostname").unwrap_or("node");
+    let role = p.recipe.role.as_str();
     let os = &p.facts.os;
     crate::output::imager::EntryInfo {
         name: req
             .name
             .clone()
-            .unwrap_or_else(|| format!("{} ({})", node.hostname.get_ref(), node.role.get_ref())),
+            .unwrap_or_else(|| format!("{hostname} ({role})")),
         description: req.description.clone().unwrap_or_else(|| {
             format!(
                 "Cluster {} baked by pibake from {}",
-                node.role.get_ref(),
+                role,
                 if os.pretty_name.is_empty() {
                     "Raspberry Pi OS"
                 } else {
@@ -686,19 +695,24 @@ pub fn verify(
             .into());
         }
     }
+    // The stack the build used, checked by planning like any --stack; "none" is what overlays
+    // without stacks record, and only `auto` gives it.
     let stack = match s(&inputs["stack"], "inputs.stack")?.as_str() {
-        "classic" => StackChoice::Classic,
-        "modern" => StackChoice::Modern,
-        _ => StackChoice::Auto,
+        "none" => "auto".to_string(),
+        name => name.to_string(),
     };
-    let overlays = inputs["overlays"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(PathBuf::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let paths = |key: &str| -> Vec<PathBuf> {
+        inputs[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(PathBuf::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let overlays = paths("overlays");
+    let roles = paths("roles");
     let epoch = inputs["epoch"]
         .as_i64()
         .ok_or_else(|| bad("inputs.epoch"))?;
@@ -716,6 +730,7 @@ pub fn verify(
         base: Some(base.display().to_string()),
         stack,
         overlays,
+        roles,
         epoch: Some(epoch),
         acquire: acquire.clone(),
         trust_cache: false,

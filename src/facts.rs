@@ -99,6 +99,39 @@ pub struct Facts {
     pub first_boot: FirstBoot,
     /// Where packaged systemd units live (`/usr/lib/systemd/system` or `/lib/systemd/system`).
     pub systemd_unit_dir: String,
+    /// The accounts in `/etc/passwd`, for the ids a new user gets. Not shown in plans: overlays
+    /// read it through the `account` filter.
+    #[serde(skip)]
+    pub accounts: Vec<Account>,
+}
+
+/// One `/etc/passwd` entry, the fields pibake uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id, when the entry has a readable one.
+    pub gid: Option<u32>,
+}
+
+/// The accounts of a passwd file (entries without a numeric uid are skipped).
+pub fn accounts(passwd: &str) -> Vec<Account> {
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() < 4 {
+                return None;
+            }
+            Some(Account {
+                name: f[0].to_string(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok(),
+            })
+        })
+        .collect()
 }
 
 /// Installed package names from a dpkg status file.
@@ -205,6 +238,8 @@ pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, F
             }
         });
 
+    let accounts = accounts(&read_text(root, "/etc/passwd")?.unwrap_or_default());
+
     let cmdline = read_text(boot, "/cmdline.txt")?.unwrap_or_default();
     let first_boot = if cloud_seed || cmdline.contains("ds=nocloud") {
         FirstBoot::CloudInit
@@ -231,6 +266,7 @@ pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, F
         boot_mount,
         first_boot,
         systemd_unit_dir,
+        accounts,
     })
 }
 
@@ -261,6 +297,14 @@ mod tests {
             "Package: a\nStatus: install ok installed\n\nPackage: b\nStatus: deinstall ok config-files\n\nPackage: c\nStatus: install ok installed\n",
         );
         assert_eq!(pk.into_iter().collect::<Vec<_>>(), ["a", "c"]);
+        let acc = accounts(
+            "root:x:0:0:root:/root:/bin/bash\nbroken\npi:x:1000:1000::/home/pi:/bin/bash\n",
+        );
+        assert_eq!(acc.len(), 2);
+        assert_eq!(
+            (acc[1].name.as_str(), acc[1].uid, acc[1].gid),
+            ("pi", 1000, Some(1000))
+        );
         assert_eq!(
             fstab_boot_mount(
                 "proc /proc proc defaults 0 0\nPARTUUID=1-01  /boot/firmware  vfat    defaults 0 2\n"

@@ -716,3 +716,93 @@ fn invalid_recipes_point_at_the_line() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+/// A role that exists only as data (tests/roles/sensor): found with --roles, extending the
+/// built-in base, its own input, rule, stacks, lets and files honoured; nothing of the master.
+#[test]
+fn a_role_that_is_only_data_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let roles = root_dir().join("tests/roles");
+    let run = |recipe: &str, stack: &str, out: &Path| {
+        let r = tmp.path().join("sensor.toml");
+        std::fs::write(&r, recipe).unwrap();
+        Command::new(bin())
+            .args(["build", r.to_str().unwrap(), "--base"])
+            .arg(fixture("bookworm"))
+            .args(["--roles", roles.to_str().unwrap(), "--stack", stack, "-o"])
+            .arg(out)
+            .env("SOURCE_DATE_EPOCH", EPOCH)
+            .env("PIBAKE_CACHE_DIR", test_cache())
+            .output()
+            .unwrap()
+    };
+    let out = tmp.path().join("sensor.img");
+    let recipe = "[node]\nrole = \"sensor\"\nhostname = \"probe1\"\n[user]\nname = \"ada\"\n[sensor]\ninterval = 30\n";
+    let o = run(recipe, "auto", &out);
+    ok(&o, "sensor build");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("timer stack"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let b = extract_parts(&out, "bookworm", tmp.path());
+    assert_eq!(cat(&b.root, "/etc/hostname"), "probe1\n");
+    let conf = cat(&b.root, "/etc/pibake-sensor.conf");
+    assert!(
+        conf.starts_with("# probe1 (bookworm, timer stack)\n"),
+        "{conf}"
+    );
+    assert!(
+        conf.contains("collector=192.168.5.1\nevery=30s\n"),
+        "{conf}"
+    );
+    assert!(
+        conf.contains("user=ada:1001") || conf.contains("user=ada:1000"),
+        "{conf}"
+    );
+    assert!(cat(&b.root, "/etc/passwd").contains("\nada:x:"));
+    assert_eq!(
+        cat(&b.root, "/etc/systemd/system/pibake-sensor.timer"),
+        "[Timer]\nOnUnitActiveSec=30s\n"
+    );
+    // Nothing of the master role: no DHCP server, no forwarding.
+    for p in [
+        "/etc/pibake/dnsmasq.conf",
+        "/etc/sysctl.d/90-pibake-forward.conf",
+    ] {
+        assert!(
+            !debugfs(&b.root, &format!("stat \"{p}\"")).contains("Type:"),
+            "{p}"
+        );
+    }
+    // The role's own stack names are the ones --stack takes.
+    let o = run(recipe, "plain", &tmp.path().join("plain.img"));
+    ok(&o, "sensor build, plain stack");
+    let o = run(recipe, "modern", &tmp.path().join("x.img"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unknown stack \"modern\"") && err.contains("timer, plain"),
+        "{err}"
+    );
+    // Its rule, and its schema: the master's [network] is not part of this role.
+    let o = run(
+        "[node]\nrole = \"sensor\"\n[sensor]\ninterval = 1\n",
+        "auto",
+        &tmp.path().join("y.img"),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sensor.toml:4:12: interval 1 is too short"),
+        "{err}"
+    );
+    let o = run(
+        "[node]\nrole = \"sensor\"\n[network]\nlease = \"1h\"\n",
+        "auto",
+        &tmp.path().join("z.img"),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown section [network]"), "{err}");
+}

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use super::Ui;
 use super::fetch::BaseArgs;
 use crate::bake::{self, Extras, ImagerRequest, Options};
-use crate::plan::StackChoice;
 
 /// What `plan` and `build` share.
 #[derive(clap::Args)]
@@ -15,13 +14,18 @@ pub struct Common {
     /// Base image (raw or compressed), overriding `[image] base` in the recipe. Never modified.
     #[arg(long, value_name = "SOURCE")]
     pub base: Option<PathBuf>,
-    /// How to build the master's networking: `classic` (dhcpcd + dnsmasq + iptables + rc.local,
-    /// needs those in the image), `modern` (what every current Lite image has), or `auto`.
-    #[arg(long, value_enum, default_value_t = StackChoice::Auto)]
-    pub stack: StackChoice,
+    /// Which of the role's stacks to build with: `auto` takes the first whose needs the image
+    /// meets. The master's are `classic` (dhcpcd + dnsmasq + iptables + rc.local, needs those in
+    /// the image) and `modern` (what every current Lite image has); `pibake plan` says which.
+    #[arg(long, value_name = "STACK", default_value = "auto")]
+    pub stack: String,
     /// Extra overlay directory (overlay.toml + templates), applied after the role's; repeatable.
     #[arg(long = "overlay", value_name = "DIR")]
     pub overlays: Vec<PathBuf>,
+    /// Directory of roles, one subdirectory (overlay.toml + templates) per role, searched
+    /// before the built-in ones for the recipe's `[node] role` and for `extends`; repeatable.
+    #[arg(long = "roles", value_name = "DIR")]
+    pub roles: Vec<PathBuf>,
     /// Timestamp for everything written (seconds since 1970); default: the recipe's
     /// `[build] epoch`, then SOURCE_DATE_EPOCH, then now.
     #[arg(long)]
@@ -35,8 +39,9 @@ impl Common {
         Options {
             recipe: self.recipe.clone(),
             base: self.base.as_ref().map(|b| b.display().to_string()),
-            stack: self.stack,
+            stack: self.stack.clone(),
             overlays: self.overlays.clone(),
+            roles: self.roles.clone(),
             epoch: self.epoch,
             acquire: self.acquire.options(),
             trust_cache: true,

@@ -162,7 +162,9 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
     macro_rules! by_method {
         ($($t:ty),*) => {$(
             if let Some(e) = cause.downcast_ref::<$t>() {
-                return Some(e.is_bad_input());
+                return Some(
+                    crate::error::Classify::kind(e) == crate::error::Kind::BadInput,
+                );
             }
         )*};
     }

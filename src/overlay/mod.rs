@@ -1,6 +1,12 @@
-//! Overlays: a directory of templates plus an `overlay.toml` saying, per file, where it goes, how
-//! it is applied and when. Roles are overlays; the built-in ones live in `overlays/` and are
-//! embedded in the binary, and users add their own with `--overlay DIR`.
+//! Overlays: a directory of templates plus an `overlay.toml` that declares what the overlay reads
+//! from the recipe (inputs, their types and defaults, rules across them), what it needs from the
+//! image (checks, stacks), the values it derives, and, per file, where it goes, how it is applied
+//! and when. Roles are overlays: the built-in ones live in `overlays/` and are embedded in the
+//! binary, an overlay may `extends` another, and users add their own in the same format.
+
+mod expr;
+mod layers;
+mod types;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,14 +14,23 @@ use std::path::{Path, PathBuf};
 use include_dir::{Dir, include_dir};
 use serde::Deserialize;
 
+pub use expr::{Environment, environment};
+pub use layers::{Input, Layers, Schema, Stack};
+pub use types::Type;
+
 static BUILT_IN: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/overlays");
 
 /// An overlay that cannot be loaded or is malformed.
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
-    /// No overlay of that name is built in.
-    #[error("no built-in overlay named {0:?}")]
-    Unknown(String),
+    /// No overlay of that name is built in or in the role directories given.
+    #[error("no overlay named {name:?}{}", known_list(.known))]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        known: Vec<String>,
+    },
     /// The overlay directory or a template could not be read.
     #[error("cannot read overlay {path}: {source}")]
     Read {
@@ -46,22 +61,32 @@ pub enum OverlayError {
         /// Template name.
         template: String,
     },
+    /// Overlays extend each other in a circle.
+    #[error("overlays extend each other in a circle: {0}")]
+    Cycle(String),
+    /// An overlay's declarations do not fit together (an input without a type, a default its
+    /// own type refuses, a condition naming a stack nobody declares).
+    #[error("{overlay}: {message}")]
+    Invalid {
+        /// Overlay name.
+        overlay: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
-impl OverlayError {
-    /// True when the user's overlay is at fault.
-    pub fn is_bad_input(&self) -> bool {
-        true
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (there are: {})", known.join(", "))
     }
 }
 
 impl crate::error::Classify for OverlayError {
     fn kind(&self) -> crate::error::Kind {
-        if self.is_bad_input() {
-            crate::error::Kind::BadInput
-        } else {
-            crate::error::Kind::Environment
-        }
+        // Built-in overlays are tested; a broken one is the user's own overlay (or role name).
+        crate::error::Kind::BadInput
     }
 }
 
@@ -146,10 +171,76 @@ pub struct Entry {
     pub why: Option<String>,
 }
 
-/// What a stack needs from the image.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// `[input.SECTION.FIELD]`: one recipe value the overlay reads. In an overlay that extends
+/// another, an entry for an inherited input changes only the keys it gives (a default, say).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// The value's type.
+    #[serde(rename = "type")]
+    pub ty: Option<Type>,
+    /// A list of values of that type.
+    pub list: Option<bool>,
+    /// Used when the recipe leaves the field out.
+    pub default: Option<toml::Value>,
+    /// May be left out with no default (then it is `none` in templates).
+    pub optional: Option<bool>,
+    /// Never shown in plans, logs or manifests.
+    pub secret: Option<bool>,
+    /// One line for the reader of the overlay.
+    pub doc: Option<String>,
+}
+
+/// `[section.NAME]`: options of a whole recipe section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SectionSpec {
+    /// The section may be left out (it is `none` in templates); when present, its fields are
+    /// checked as declared.
+    pub optional: Option<bool>,
+    /// One line for the reader of the overlay.
+    pub doc: Option<String>,
+}
+
+/// `[[rule]]`: a condition across recipe values, checked when the recipe is read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Expression that must be true.
+    pub check: String,
+    /// Inputs (`section.field`) the error points at: the first the recipe sets.
+    #[serde(default)]
+    pub at: Vec<String>,
+    /// The error, a template over the recipe's values.
+    pub message: String,
+}
+
+/// `[[check]]`: a condition on the image's facts (and the recipe), checked when planning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// Expression that must be true.
+    pub check: String,
+    /// The error, a template over the same names.
+    pub message: String,
+}
+
+/// `[[let]]`: a value derived when planning, visible to later lets and to every entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Let {
+    /// Dotted name it is stored under (`user.home`, `lan.cidr`).
+    pub name: String,
+    /// Expression giving the value.
+    pub value: String,
+}
+
+/// `[[stack]]`: one way of doing the overlay's job, and the facts it needs.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StackSpec {
+    /// Name, as `--stack` and `stack == '...'` spell it.
+    pub name: String,
     /// Facts that must be true for the stack to work.
     #[serde(default)]
     pub requires: Vec<String>,
@@ -162,13 +253,24 @@ pub struct StackSpec {
 struct Manifest {
     name: String,
     description: Option<String>,
+    extends: Option<String>,
     #[serde(default)]
-    stacks: BTreeMap<String, StackSpec>,
+    section: BTreeMap<String, SectionSpec>,
+    #[serde(default)]
+    input: BTreeMap<String, BTreeMap<String, InputSpec>>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<Rule>,
+    #[serde(default, rename = "check")]
+    checks: Vec<Check>,
+    #[serde(default, rename = "let")]
+    lets: Vec<Let>,
+    #[serde(default, rename = "stack")]
+    stacks: Vec<StackSpec>,
     #[serde(default, rename = "file")]
     files: Vec<Entry>,
 }
 
-/// A loaded overlay: its entries and the template sources they use.
+/// A loaded overlay: its declarations, its entries and the template sources they use.
 #[derive(Debug, Clone)]
 pub struct Overlay {
     /// Overlay name.
@@ -177,25 +279,60 @@ pub struct Overlay {
     pub description: String,
     /// Where it came from (`built-in` or a directory).
     pub origin: String,
-    /// Stacks it offers, by name.
-    pub stacks: BTreeMap<String, StackSpec>,
+    /// The overlay it builds on, applied before it.
+    pub extends: Option<String>,
+    /// Section options, by section.
+    pub sections: BTreeMap<String, SectionSpec>,
+    /// Inputs, by section and field.
+    pub inputs: BTreeMap<String, BTreeMap<String, InputSpec>>,
+    /// Rules across recipe values.
+    pub rules: Vec<Rule>,
+    /// Conditions on the image.
+    pub checks: Vec<Check>,
+    /// Derived values, in order.
+    pub lets: Vec<Let>,
+    /// Stacks it offers, in order of preference.
+    pub stacks: Vec<StackSpec>,
     /// Entries in application order.
     pub entries: Vec<Entry>,
     /// Template sources by file name relative to the overlay.
     pub templates: BTreeMap<String, String>,
 }
 
+/// Names of the built-in overlays.
+pub fn built_in_names() -> Vec<String> {
+    BUILT_IN
+        .dirs()
+        .filter(|d| d.get_file(d.path().join("overlay.toml")).is_some())
+        .filter_map(|d| d.path().file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The role a recipe gets when its `[node]` names none, from `overlays/pibake.toml`.
+pub fn default_role() -> String {
+    #[derive(Deserialize)]
+    struct Defaults {
+        default_role: String,
+    }
+    BUILT_IN
+        .get_file("pibake.toml")
+        .and_then(|f| f.contents_utf8())
+        .and_then(|t| toml::from_str::<Defaults>(t).ok())
+        .map_or_else(String::new, |d| d.default_role)
+}
+
 impl Overlay {
     /// The built-in overlay `name` (e.g. `master`).
     pub fn built_in(name: &str) -> Result<Self, OverlayError> {
-        let dir = BUILT_IN
-            .get_dir(name)
-            .ok_or_else(|| OverlayError::Unknown(name.to_string()))?;
+        let unknown = || OverlayError::Unknown {
+            name: name.to_string(),
+            known: built_in_names(),
+        };
+        let dir = BUILT_IN.get_dir(name).ok_or_else(unknown)?;
         let mut files = BTreeMap::new();
         collect(dir, dir.path(), &mut files);
-        let manifest = files
-            .remove("overlay.toml")
-            .ok_or_else(|| OverlayError::Unknown(name.to_string()))?;
+        let manifest = files.remove("overlay.toml").ok_or_else(unknown)?;
         Self::from_parts(
             &format!("overlays/{name}/overlay.toml"),
             "built-in",
@@ -249,6 +386,12 @@ impl Overlay {
             name: m.name,
             description: m.description.unwrap_or_default(),
             origin: origin.to_string(),
+            extends: m.extends,
+            sections: m.section,
+            inputs: m.input,
+            rules: m.rules,
+            checks: m.checks,
+            lets: m.lets,
             stacks: m.stacks,
             entries: m.files,
             templates,
