@@ -16,9 +16,11 @@
 //! block (xz run single-threaded without `--block-size`) gains nothing from random access and is
 //! refused with [`XzError::NotRandomAccess`]; callers decode such a file whole.
 //!
-//! One job a file: [`vli`](self) integers, integrity checks, stream framing, the index, the
-//! liblzma block decoder, the LZMA2 chunk parser, the splicer, the encoders, the random-access
-//! reader, the streaming multi-threaded reader, and the errors.
+//! One job a file: variable-length integers (`vli`), integrity checks (`check`), stream framing
+//! (`stream`), the index (`index`), liblzma's block decoder (`decoder`), the LZMA2 chunk parser
+//! (`lzma2`), the splicer (`splice`), the encoders (`encoder`), the random-access reader
+//! (`reader`), the streaming multi-threaded reader (`mt`), positioned reads (`pread`) and the
+//! errors (`error`). Nothing outside uses more than what this file exports.
 
 mod check;
 mod decoder;
