@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pibake::acquire::decompress::{self, Compression};
+use pibake::compress::{self as decompress, Compression};
 
 fn main() {
     if let Err(e) = run() {

@@ -230,13 +230,13 @@ fn open_local(
         ..acquire.clone()
     };
     let acquired = crate::acquire::resolve(&path.display().to_string(), &local, progress)?;
-    let mut decoded = Image::open(&acquired.image)?;
-    decoded.source = path.to_path_buf();
-    decoded.compression = compression;
-    decoded.access = Access::Decoded {
-        reason: format!("{reason}; the decoded image is kept in the cache"),
-    };
-    Ok(decoded)
+    Ok(Image::open_decoded(
+        path,
+        &acquired.image,
+        compression,
+        format!("{reason}; the decoded image is kept in the cache"),
+        None,
+    )?)
 }
 
 /// A relative base path in the recipe is relative to the recipe's directory.

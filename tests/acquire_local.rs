@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common_http::{image, options, sha, xz};
 use pibake::acquire::cache::Cache;
-use pibake::acquire::decompress::DecodeError;
 use pibake::acquire::{self, AcquireError, VerifyMethod};
+use pibake::compress::DecodeError;
 use pibake::progress::Silent;
 
 fn opts(cache: &Path) -> acquire::AcquireOptions {

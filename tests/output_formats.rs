@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use output_common::{MIB, Shape, make_image, scratch, sha256};
+use pibake::compress::Compression;
 use pibake::disk::{BlockDev, CowDisk, Image};
 use pibake::fs::FileOps;
 use pibake::fs::ext4::Ext4;
@@ -134,10 +135,19 @@ fn every_format_decodes_to_the_raw_image() {
     assert_eq!(e["release_date"], "2025-01-01");
 
     // pibake reads its own outputs back as bases.
-    for f in [&xz.path, &zst.path] {
-        let back = Image::open(f).unwrap();
-        assert_eq!(disk_sha(&back.disk), want);
-    }
+    let back = Image::open(&xz.path).unwrap();
+    assert_eq!(disk_sha(&back.disk), want);
+    // A .zst is read from its start only: decoded first, as pibake's commands do.
+    let decoded = dir.path().join("back.img");
+    let mut file = std::fs::File::create(&decoded).unwrap();
+    pibake::compress::decode_to(&zst.path, Compression::Zstd, &mut file, &mut |_| {}).unwrap();
+    let back =
+        Image::open_decoded(&zst.path, &decoded, Compression::Zstd, "zstd".into(), None).unwrap();
+    assert_eq!(disk_sha(&back.disk), want);
+    assert!(matches!(
+        Image::open(&zst.path),
+        Err(pibake::disk::ImageError::NotDecoded { .. })
+    ));
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use pibake::disk::xz::DEFAULT_CACHE_BLOCKS;
-use pibake::disk::{BlockDev, CowDisk, XzDev, XzIndex};
+use pibake::disk::{CowDisk, XzDev, XzIndex};
 use pibake::output::xz_patch::{Patched, write_patched};
 use pibake::progress::{Progress, Silent};
 

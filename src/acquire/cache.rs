@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Verification;
-use super::decompress::Compression;
 use super::error::AcquireError;
+use crate::compress::Compression;
 use crate::progress::Progress;
 
 /// The cache directory.

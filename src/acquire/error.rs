@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::decompress::DecodeError;
+use crate::compress::DecodeError;
 
 /// Everything that can go wrong while resolving, downloading, verifying or decoding a base.
 #[derive(Debug, thiserror::Error)]

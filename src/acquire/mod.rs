@@ -29,22 +29,20 @@
 //! are read-only.
 
 pub mod cache;
-pub mod decompress;
 pub mod download;
 mod error;
 pub mod oslist;
 mod signature;
 pub mod source;
-mod xz_mt;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compress::{self, Compression};
 use crate::progress::Progress;
 use cache::{Cache, ImageMeta};
-use decompress::Compression;
 use download::Http;
 pub use error::AcquireError;
 use oslist::OsEntry;
@@ -261,7 +259,7 @@ fn resolve_local(
             "it is a directory",
         )));
     }
-    let compression = decompress::detect(path).map_err(|source| AcquireError::Decode {
+    let compression = compress::detect(path).map_err(|source| AcquireError::Decode {
         path: path.to_path_buf(),
         source,
     })?;
@@ -439,7 +437,7 @@ fn fetch_and_decode(
         Some(key) => Some(signature::verify(http, t.url, &file, key)?),
         None => None,
     };
-    let compression = decompress::detect(&file).map_err(|source| AcquireError::Decode {
+    let compression = compress::detect(&file).map_err(|source| AcquireError::Decode {
         path: file.clone(),
         source,
     })?;
@@ -489,10 +487,10 @@ fn compressed_in_place(
             (p, s, false)
         }
     };
-    if decompress::detect(&file).ok() != Some(Compression::Xz) {
+    if compress::detect(&file).ok() != Some(Compression::Xz) {
         return Ok(None);
     }
-    let Ok(dev) = crate::disk::xz::XzDev::open(&file, 0) else {
+    let Ok(dev) = crate::xz::XzReader::open(&file, 0) else {
         return Ok(None);
     };
     let signature = match &opts.signing_key {
@@ -505,7 +503,7 @@ fn compressed_in_place(
         compression: Compression::Xz,
         compressed_sha256: Some(sha.clone()),
         image_sha256: String::new(),
-        image_size: crate::disk::BlockDev::len(&dev),
+        image_size: dev.len(),
         verification: Verification {
             method,
             download_sha256: Some(sha),
@@ -585,7 +583,7 @@ fn download_verified(
             ),
         });
     }
-    let compression = decompress::detect(&partial).map_err(|source| AcquireError::Decode {
+    let compression = compress::detect(&partial).map_err(|source| AcquireError::Decode {
         path: partial.clone(),
         source,
     });
@@ -627,7 +625,7 @@ fn decode_cached(
     let mut tmp = cache.temp_image()?;
     let label = format!("decode {}", file_name(origin_text));
     progress.begin(&label, None);
-    let decoded = decompress::decode_hashed(
+    let decoded = compress::decode_hashed(
         src,
         compression,
         tmp.as_file_mut(),
@@ -636,7 +634,7 @@ fn decode_cached(
     );
     progress.end();
     let decoded = decoded.map_err(|source| match source {
-        decompress::DecodeError::Io(e) => cache.io("cannot decode into", &cache.tmp_dir(), e),
+        compress::DecodeError::Io(e) => cache.io("cannot decode into", &cache.tmp_dir(), e),
         source => AcquireError::Decode {
             path: src.to_path_buf(),
             source,

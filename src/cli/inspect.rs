@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{Ui, open};
-use crate::acquire::decompress::Compression;
+use crate::compress::Compression;
 use crate::disk::{Partition, TableKind};
 use crate::facts::{self, Facts, OsRelease};
 

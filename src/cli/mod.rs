@@ -175,7 +175,7 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
         crate::apply::ApplyError,
         crate::overlay::OverlayError,
         crate::acquire::AcquireError,
-        crate::acquire::decompress::DecodeError,
+        crate::compress::DecodeError,
         crate::output::flash::FlashError,
         crate::output::OutputError,
         crate::output::bmap::BmapError

@@ -5,14 +5,34 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::Ui;
-use crate::disk::Image;
+use crate::compress;
+use crate::disk::{Image, ImageError};
 use crate::fs::ext4::Ext4;
 use crate::fs::fat::Fat;
 
-/// Open `path` read-only, showing decode progress for compressed images.
+/// Open `path` read-only, showing decode progress for compressed images: one that can only be
+/// read from its start is decoded to a temporary sparse file first, removed with the image.
 pub fn image(path: &Path, ui: &Ui) -> anyhow::Result<Image> {
+    let (compression, reason) = match Image::open(path) {
+        Err(ImageError::NotDecoded {
+            compression,
+            reason,
+            ..
+        }) => (compression, reason),
+        opened => return Ok(opened?),
+    };
+    let decode_err = |source| ImageError::Decode {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("pibake-decoded-")
+        .suffix(".img")
+        .tempfile()
+        .map_err(|e| decode_err(e.into()))?;
+    let (mut file, tmp_path) = tmp.into_parts();
     let mut started = false;
-    let image = Image::open_with_progress(path, &mut |done| {
+    let decoded = compress::decode_to(path, compression, &mut file, &mut |done| {
         if !started {
             ui.progress.begin("decoding", None);
             started = true;
@@ -22,7 +42,16 @@ pub fn image(path: &Path, ui: &Ui) -> anyhow::Result<Image> {
     if started {
         ui.progress.end();
     }
-    Ok(image?)
+    decoded.map_err(decode_err)?;
+    drop(file);
+    let tmp = tmp_path.to_path_buf();
+    Ok(Image::open_decoded(
+        path,
+        &tmp,
+        compression,
+        reason,
+        Some(tmp_path),
+    )?)
 }
 
 /// The root filesystem of `image`, read-only.

@@ -4,6 +4,8 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+pub(crate) use crate::xz::{check_bounds, read_exact_at};
+
 /// Random-access, read-only bytes: an image file, a decoded cache entry, later an `.xz` base.
 pub trait BlockDev: Send + Sync {
     /// Size in bytes.
@@ -42,42 +44,6 @@ impl BlockDev for FileDev {
         check_bounds(offset, buf.len(), self.len)?;
         read_exact_at(&self.file, offset, buf)
     }
-}
-
-/// Refuse a read that would run past `len`, naming where it went wrong.
-pub(crate) fn check_bounds(offset: u64, n: usize, len: u64) -> io::Result<()> {
-    match offset.checked_add(n as u64) {
-        Some(end) if end <= len => Ok(()),
-        _ => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("read of {n} bytes at offset {offset} runs past the end ({len} bytes)"),
-        )),
-    }
-}
-
-/// Fill `buf` from `offset` of `file` by positioned reads, so threads can share one handle.
-#[cfg(unix)]
-pub(crate) fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, offset)
-}
-
-/// Fill `buf` from `offset` of `file` by positioned reads, so threads can share one handle.
-#[cfg(windows)]
-pub(crate) fn read_exact_at(file: &File, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        match file.seek_read(buf, offset) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// An in-memory device, for tests and small synthetic images.

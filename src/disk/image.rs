@@ -1,9 +1,10 @@
-//! Opening an image file: decode it if compressed, read its partition table, find boot and root.
+//! Opening an image file: read it in place (raw, or a multi-block `.xz`) or from the decoded copy
+//! its caller made, read its partition table, find boot and root. Decoding is not done here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::acquire::decompress::{self, Compression, DecodeError};
+use crate::compress::{self, Compression, DecodeError};
 
 use super::cow::CowDisk;
 use super::device::{BlockDev, FileDev};
@@ -54,6 +55,20 @@ pub enum ImageError {
         /// What each partition holds, for the message.
         found: String,
     },
+    /// The image can only be read from its start: the caller must decode it first and open the
+    /// decoded copy with [`Image::open_decoded`].
+    #[error(
+        "{path}: {} data must be decoded before the image is opened ({reason})",
+        .compression.name()
+    )]
+    NotDecoded {
+        /// The image path.
+        path: PathBuf,
+        /// How it is compressed.
+        compression: Compression,
+        /// Why it cannot be read in place.
+        reason: String,
+    },
     /// No ext4 root partition.
     #[error(
         "{path}: no ext4 root filesystem: partition {index} holds {fs}, not ext4 (pibake edits Raspberry Pi OS images, whose second partition is ext4)"
@@ -80,13 +95,17 @@ impl ImageError {
             ImageError::Xz { source, .. } => source.is_bad_input(),
             ImageError::Partition { source, .. } => !matches!(source, PartitionError::Io(_)),
             ImageError::NoBoot { .. } | ImageError::NoRoot { .. } => true,
+            ImageError::NotDecoded { .. } => false,
         }
     }
 }
 
 impl crate::error::Classify for ImageError {
     fn kind(&self) -> crate::error::Kind {
-        if self.is_bad_input() {
+        if let ImageError::NotDecoded { .. } = self {
+            // Every caller decodes first: reaching this is a bug in the caller.
+            crate::error::Kind::Internal
+        } else if self.is_bad_input() {
             crate::error::Kind::BadInput
         } else {
             crate::error::Kind::Environment
@@ -143,7 +162,7 @@ impl Access {
 /// The compression of `path`, how its bytes can be reached, and the opened `.xz` when it can be
 /// read in place.
 fn probe(path: &Path) -> Result<(Compression, Access, Option<XzDev>), ImageError> {
-    let compression = decompress::detect(path).map_err(|source| ImageError::Decode {
+    let compression = compress::detect(path).map_err(|source| ImageError::Decode {
         path: path.to_path_buf(),
         source,
     })?;
@@ -208,35 +227,48 @@ pub struct Image {
     pub access: Access,
     /// The `.xz` base read in place, when [`Access::XzBlocks`].
     pub xz: Option<Arc<XzDev>>,
-    /// The decoded copy of a compressed image, removed when the image is dropped.
+    /// The caller's temporary decoded copy of a compressed image, removed when the image is
+    /// dropped.
     _decoded: Option<tempfile::TempPath>,
 }
 
 impl Image {
-    /// Open `path` read-only, decoding a compressed image to a temporary sparse file first.
+    /// Open `path` read-only, in place: a raw image, or a multi-block `.xz` read block by block.
+    /// An image that can only be read from its start (gzip, zstd, zip, a single-block `.xz`) is
+    /// refused with [`ImageError::NotDecoded`]: decode it first (see [`crate::compress`]) and
+    /// open the result with [`Image::open_decoded`].
     pub fn open(path: &Path) -> Result<Self, ImageError> {
-        Self::open_with_progress(path, &mut |_| {})
-    }
-
-    /// [`Image::open`], reporting decoded bytes to `progress` while a compressed image is decoded.
-    pub fn open_with_progress(
-        path: &Path,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<Self, ImageError> {
-        Self::open_inner(path, None, progress)
+        Self::open_inner(path, None)
     }
 
     /// Open the multi-block `.xz` at `path` reading its bytes from `copy`, its decoded copy (same
     /// bytes, no decoding); the `.xz` stays open for copying its blocks verbatim.
     pub fn open_with_decoded_copy(path: &Path, copy: &Path) -> Result<Self, ImageError> {
-        Self::open_inner(path, Some(copy), &mut |_| {})
+        Self::open_inner(path, Some(copy))
     }
 
-    fn open_inner(
-        path: &Path,
-        copy: Option<&Path>,
-        progress: &mut dyn FnMut(u64),
+    /// Open `decoded`, the raw image the caller decoded from `source` (compressed as
+    /// `compression`), as `source`'s image; `reason` says why it had to be decoded. `keep`, when
+    /// given, is `decoded`'s temporary path, removed when the image is dropped.
+    pub fn open_decoded(
+        source: &Path,
+        decoded: &Path,
+        compression: Compression,
+        reason: String,
+        keep: Option<tempfile::TempPath>,
     ) -> Result<Self, ImageError> {
+        let dev = FileDev::open(decoded).map_err(|source| ImageError::Unreadable {
+            path: decoded.to_path_buf(),
+            source,
+        })?;
+        let mut image = Self::on_base(source, Arc::new(dev))?;
+        image.compression = compression;
+        image.access = Access::Decoded { reason };
+        image._decoded = keep;
+        Ok(image)
+    }
+
+    fn open_inner(path: &Path, copy: Option<&Path>) -> Result<Self, ImageError> {
         let unreadable = |source| ImageError::Unreadable {
             path: path.to_path_buf(),
             source,
@@ -248,10 +280,6 @@ impl Image {
                 "it is a directory",
             )));
         }
-        let decode_err = |source| ImageError::Decode {
-            path: path.to_path_buf(),
-            source,
-        };
         let (compression, mut access, xz) = probe(path)?;
         let xz = xz.map(Arc::new);
         let copy = match (copy, &access) {
@@ -268,22 +296,35 @@ impl Image {
             }
             _ => None,
         };
-        let (base, decoded): (Arc<dyn BlockDev>, _) = if let Some(dev) = copy {
-            (dev, None)
+        let base: Arc<dyn BlockDev> = if let Some(dev) = copy {
+            dev
         } else if let Some(dev) = &xz {
-            (dev.clone(), None)
+            dev.clone()
         } else if compression == Compression::None {
-            (Arc::new(FileDev::open(path).map_err(unreadable)?), None)
+            Arc::new(FileDev::open(path).map_err(unreadable)?)
         } else {
-            let tmp = tempfile::Builder::new()
-                .prefix("pibake-decoded-")
-                .suffix(".img")
-                .tempfile()
-                .map_err(|e| decode_err(e.into()))?;
-            let (mut file, tmp_path) = tmp.into_parts();
-            decompress::decode_to(path, compression, &mut file, progress).map_err(decode_err)?;
-            let dev = FileDev::open(&tmp_path).map_err(unreadable)?;
-            (Arc::new(dev), Some(tmp_path))
+            let reason = match access {
+                Access::Decoded { reason } => reason,
+                other => other.describe(),
+            };
+            return Err(ImageError::NotDecoded {
+                path: path.to_path_buf(),
+                compression,
+                reason,
+            });
+        };
+        let mut image = Self::on_base(path, base)?;
+        image.compression = compression;
+        image.access = access;
+        image.xz = xz;
+        Ok(image)
+    }
+
+    /// `base` under a copy-on-write layer, with its partition table read; errors name `path`.
+    fn on_base(path: &Path, base: Arc<dyn BlockDev>) -> Result<Self, ImageError> {
+        let unreadable = |source| ImageError::Unreadable {
+            path: path.to_path_buf(),
+            source,
         };
         let disk = Arc::new(CowDisk::new(base));
         let whole = Region::new(disk.clone(), 0, disk.len(), false).map_err(unreadable)?;
@@ -293,12 +334,12 @@ impl Image {
         })?;
         Ok(Self {
             source: path.to_path_buf(),
-            compression,
+            compression: Compression::None,
             disk,
             table,
-            access,
-            xz,
-            _decoded: decoded,
+            access: Access::Raw,
+            xz: None,
+            _decoded: None,
         })
     }
 

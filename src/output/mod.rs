@@ -22,7 +22,6 @@ pub mod flash;
 mod hash_behind;
 pub mod imager;
 pub mod raw;
-mod splice;
 mod used;
 pub mod xz;
 pub mod xz_patch;

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use super::Staged;
 use super::clone::{CloneMethod, clone_file};
 use crate::disk::CowDisk;
-use crate::disk::xz::{XzDev, XzError};
 use crate::progress::Progress;
+use crate::xz::{XzError, XzReader};
 
 pub use super::{OutputError, Written};
 
@@ -104,7 +104,7 @@ fn copy_with_changes(
 /// once, in parallel, the changed chunks are laid over it, and the result is hashed and written
 /// sparse.
 pub fn write_from_xz(
-    xz: &XzDev,
+    xz: &XzReader,
     disk: &CowDisk,
     dest: &Path,
     progress: &dyn Progress,
@@ -158,11 +158,11 @@ pub fn write_from_xz(
 /// decoded copy of a base, for the cache. Read errors are `Ok`, write errors `Err`, as in
 /// `Staged`'s split.
 pub fn decode_xz_to(
-    xz: &XzDev,
+    xz: &XzReader,
     file: &File,
     progress: &dyn Progress,
 ) -> Result<(), Result<io::Error, io::Error>> {
-    let len = crate::disk::BlockDev::len(xz);
+    let len = xz.len();
     file.set_len(len).map_err(Err)?;
     progress.begin("decoding base", Some(len));
     let r = xz.for_each_block(super::threads() as usize, |block, data| {

@@ -15,8 +15,7 @@ use super::{Format, Hashing, OutputError, Staged, Written, threads, write_encode
 use crate::disk::CowDisk;
 use crate::progress::Progress;
 
-/// Compression preset, as `xz -6` (the default and what Raspberry Pi OS uses).
-pub const PRESET: u32 = 6;
+pub use crate::xz::PRESET;
 /// Uncompressed bytes per .xz block.
 pub const BLOCK_SIZE: u64 = 24 << 20;
 

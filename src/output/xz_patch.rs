@@ -13,7 +13,7 @@
 //! same inputs give the same bytes whatever the thread count.
 //!
 //! Corrupt data in the base: a block an edit touches is decoded and checked, so damage there
-//! stops the write with [`crate::disk::XzError::CorruptBlock`] and nothing is left at the
+//! stops the write with [`crate::xz::XzError::CorruptBlock`] and nothing is left at the
 //! destination. An untouched block is copied without being decoded: checking it would cost as
 //! much as decoding the whole image, which is what this module exists to avoid. Its damage is
 //! then carried over unchanged, together with the block's original integrity check, so it stays
@@ -25,15 +25,15 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use liblzma_sys as sys;
-
-use super::splice::{lzma2_chain, preset_options, splice};
 use super::{Hashing, OutputError, Staged};
+use crate::disk::CowDisk;
 use crate::disk::cow::CHUNK;
 use crate::disk::device::read_exact_at;
-use crate::disk::xz::{decode_raw, in_order, index_bytes, stream_footer, stream_header};
-use crate::disk::{CowDisk, XzBlock, XzDev};
+use crate::parallel::in_order;
 use crate::progress::Progress;
+use crate::xz::{
+    XzBlock, XzReader, decode_raw, encode_block, index_bytes, splice, stream_footer, stream_header,
+};
 
 /// How much of an untouched block is read per step while copying it.
 const COPY_STEP: usize = 4 << 20;
@@ -88,7 +88,7 @@ struct NewBlock {
 /// changed (see the module documentation). `threads` workers compress; memory stays at about
 /// `threads + 1` blocks, plus each worker's encoder (about 100 MiB at preset 6).
 pub fn write_patched(
-    base: &XzDev,
+    base: &XzReader,
     disk: &CowDisk,
     dest: &Path,
     threads: usize,
@@ -194,7 +194,7 @@ fn touched_blocks(blocks: &[XzBlock], chunks: &[u64], len: u64) -> Vec<usize> {
 /// Block `i` as the edited disk has it: the base block if its bytes did not change, else
 /// rebuilt.
 fn rebuild(
-    base: &XzDev,
+    base: &XzReader,
     disk: &CowDisk,
     i: usize,
     staged: &Staged,
@@ -248,68 +248,6 @@ fn rebuild(
         compressed: if store { 0 } else { edited.len() as u64 },
         whole: true,
     }))
-}
-
-/// Compress `data` as one xz block at [`super::xz::PRESET`] with check type `check` (or, when `store`,
-/// as LZMA2 uncompressed chunks); returns the whole block (header to check) and its unpadded
-/// size.
-fn encode_block(data: &[u8], check: u8, store: bool) -> Result<(Vec<u8>, u64), String> {
-    let mut lzma2 = preset_options()?;
-    let mut filters = lzma2_chain(&mut lzma2);
-    // SAFETY: an all-zero lzma_block is a valid value; version, check and filters are set below.
-    let mut block: sys::lzma_block = unsafe { std::mem::zeroed() };
-    block.version = 1;
-    block.check = sys::lzma_check::from(check);
-    block.filters = filters.as_mut_ptr();
-    // SAFETY: a pure function of its argument.
-    let bound = unsafe { sys::lzma_block_buffer_bound(data.len()) };
-    if bound == 0 {
-        return Err(format!(
-            "a block of {} bytes is too large to encode",
-            data.len()
-        ));
-    }
-    let mut out: Vec<u8> = Vec::new();
-    out.try_reserve_exact(bound)
-        .map_err(|_| "out of memory for the compressed block".to_string())?;
-    let mut out_pos = 0usize;
-    // SAFETY: the input pointer and length describe `data`; the output pointer is valid for
-    // `bound` bytes of writes (reserved above) and liblzma writes only below `out_pos`; `block`,
-    // `filters` and `lzma2` all outlive the call.
-    let ret = unsafe {
-        if store {
-            sys::lzma_block_uncomp_encode(
-                &mut block,
-                data.as_ptr(),
-                data.len(),
-                out.as_mut_ptr(),
-                &mut out_pos,
-                bound,
-            )
-        } else {
-            sys::lzma_block_buffer_encode(
-                &mut block,
-                std::ptr::null(),
-                data.as_ptr(),
-                data.len(),
-                out.as_mut_ptr(),
-                &mut out_pos,
-                bound,
-            )
-        }
-    };
-    if ret != sys::LZMA_OK {
-        return Err(format!("liblzma could not compress a block (error {ret})"));
-    }
-    // SAFETY: liblzma initialised the first `out_pos` bytes, and `out_pos <= bound`, the
-    // reserved capacity.
-    unsafe { out.set_len(out_pos) };
-    // SAFETY: `block` was completed by the encoder; the call only reads it.
-    let unpadded = unsafe { sys::lzma_block_unpadded_size(&block) };
-    if unpadded == 0 || (unpadded + 3) & !3 != out.len() as u64 {
-        return Err("liblzma produced a block of inconsistent size".into());
-    }
-    Ok((out, unpadded))
 }
 
 /// The output stream as it is written, block by block in order.

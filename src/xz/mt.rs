@@ -11,7 +11,7 @@ use std::io::{self, BufRead, Read};
 use liblzma_sys as sys;
 
 /// Decodes .xz from a buffered reader using every core.
-pub(crate) struct MtXzReader<R: BufRead> {
+pub struct MtXzReader<R: BufRead> {
     inner: R,
     strm: sys::lzma_stream,
     finished: bool,
@@ -20,7 +20,7 @@ pub(crate) struct MtXzReader<R: BufRead> {
 impl<R: BufRead> MtXzReader<R> {
     /// A decoder with `threads` workers and a memory limit for threading of `memlimit_threading`
     /// (past it liblzma falls back to a single thread rather than fail).
-    pub(crate) fn new(
+    pub fn new(
         inner: R,
         threads: u32,
         memlimit_threading: u64,
@@ -58,7 +58,7 @@ impl<R: BufRead> MtXzReader<R> {
     }
 
     /// Compressed bytes consumed so far.
-    pub(crate) fn total_in(&self) -> u64 {
+    pub fn total_in(&self) -> u64 {
         self.strm.total_in
     }
 }

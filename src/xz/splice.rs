@@ -21,30 +21,16 @@
 
 use std::ops::Range;
 
-use liblzma_sys as sys;
-use sha2::{Digest, Sha256};
-
-use super::xz::PRESET;
-use crate::disk::xz::lone_lzma2;
+use super::check::{check_size, check_value};
+use super::decoder::lone_lzma2;
+use super::encoder::{DEFAULT_PROPS, block_header, encode_run};
+use super::lzma2::{Chunk, parse};
 
 /// Most bytes one uncompressed LZMA2 chunk holds.
 const STORED_CHUNK: usize = 1 << 16;
 
-/// The window of a re-encoded run: its encoder's dictionary, and the most edited bytes before
-/// the run that it starts from. Smaller than xz's 8 MiB at preset 6 on purpose: the encoder's
-/// memory grows with its dictionary (about 11 bytes per byte), several encoders run at once, and
-/// matches further back are rare in disk images. The decoder keeps the base's dictionary size,
-/// which is never smaller, so every match stays in reach.
-const WINDOW: usize = 2 << 20;
-
-/// The shortest preset dictionary a re-encoded run gets (see [`encode_run`]).
-const MIN_PRESET: usize = 64 << 10;
-
-/// The property byte of preset 6 (lc=3, lp=0, pb=2), for a block without compressed chunks.
-const DEFAULT_PROPS: u8 = (2 * 5) * 9 + 3;
-
 /// A block rebuilt by [`splice`].
-pub(crate) struct Spliced {
+pub struct Spliced {
     /// The whole block: header, data, padding and check.
     pub block: Vec<u8>,
     /// Its size without the padding, as the index records it.
@@ -66,31 +52,6 @@ impl std::fmt::Debug for Spliced {
     }
 }
 
-/// One chunk of an LZMA2 stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Chunk {
-    /// Its control byte: 1 or 2 uncompressed, 0x80 and up compressed.
-    control: u8,
-    /// The decoded bytes it produces, as offsets into the block.
-    data: Range<usize>,
-    /// Its header and payload, as offsets into the LZMA2 stream.
-    raw: Range<usize>,
-}
-
-impl Chunk {
-    fn compressed(&self) -> bool {
-        self.control >= 0x80
-    }
-
-    fn resets_model(&self) -> bool {
-        self.control >= 0xA0
-    }
-}
-
-fn resets_dictionary(control: u8) -> bool {
-    control == 1 || control >= 0xE0
-}
-
 /// What to write for a stretch of the edited block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -107,7 +68,7 @@ enum Piece {
 /// ranges). `Ok(None)` when the block is not one this can splice: a filter chain other than a
 /// lone LZMA2, a check type it cannot compute, or an LZMA2 stream that resets its dictionary
 /// mid-way or changes properties. Callers compress such blocks whole.
-pub(crate) fn splice(
+pub fn splice(
     raw: &[u8],
     check: u8,
     edited: &[u8],
@@ -181,58 +142,6 @@ pub(crate) fn splice(
         encoded,
     }))
 }
-
-/// The chunks of an LZMA2 stream and the property byte its compressed chunks declare; `None` when
-/// the stream is malformed, resets its dictionary anywhere but at its first chunk, or declares
-/// different properties along the way.
-fn parse(lzma2: &[u8]) -> Option<(Vec<Chunk>, Option<u8>)> {
-    let mut chunks: Vec<Chunk> = Vec::new();
-    let mut props: Option<u8> = None;
-    let (mut pos, mut out) = (0usize, 0usize);
-    loop {
-        let control = *lzma2.get(pos)?;
-        if control == 0 {
-            return Some((chunks, props));
-        }
-        let (header, decoded, payload) = if control >= 0x80 {
-            let h = lzma2.get(pos..pos + 5)?;
-            let decoded =
-                (usize::from(control & 0x1F) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]))
-                    + 1;
-            let payload = (usize::from(h[3]) << 8 | usize::from(h[4])) + 1;
-            if control >= 0xC0 {
-                let p = *lzma2.get(pos + 5)?;
-                if props.is_some_and(|q| q != p) {
-                    return None;
-                }
-                props = Some(p);
-                (6, decoded, payload)
-            } else {
-                (5, decoded, payload)
-            }
-        } else if control <= 2 {
-            let h = lzma2.get(pos..pos + 3)?;
-            let decoded = (usize::from(h[1]) << 8 | usize::from(h[2])) + 1;
-            (3, decoded, decoded)
-        } else {
-            return None;
-        };
-        if chunks.is_empty() != resets_dictionary(control) {
-            return None;
-        }
-        let end = pos + header + payload;
-        if end > lzma2.len() {
-            return None;
-        }
-        chunks.push(Chunk {
-            control,
-            data: out..out + decoded,
-            raw: pos..end,
-        });
-        (pos, out) = (end, out + decoded);
-    }
-}
-
 /// Whether any of `changed` (sorted, disjoint) overlaps `r`.
 fn hit(changed: &[Range<usize>], r: Range<usize>) -> bool {
     let i = changed.partition_point(|c| c.end <= r.start);
@@ -267,163 +176,15 @@ fn plan(chunks: &[Chunk], changed: &[Range<usize>], dict: usize) -> Vec<Piece> {
     pieces
 }
 
-/// The LZMA options of [`PRESET`], as `xz -6` uses them.
-pub(super) fn preset_options() -> Result<sys::lzma_options_lzma, String> {
-    // SAFETY: an all-zero lzma_options_lzma is a valid value (integers, null preset dictionary)
-    // that lzma_lzma_preset then fills in.
-    let mut o: sys::lzma_options_lzma = unsafe { std::mem::zeroed() };
-    // SAFETY: `o` is a valid, writable lzma_options_lzma for the call.
-    if unsafe { sys::lzma_lzma_preset(&mut o, PRESET) } != 0 {
-        return Err(format!("liblzma does not know preset {PRESET}"));
-    }
-    Ok(o)
-}
-
-/// A filter chain of LZMA2 alone, with options `lzma`, terminated as liblzma expects.
-pub(super) fn lzma2_chain(lzma: &mut sys::lzma_options_lzma) -> [sys::lzma_filter; 2] {
-    [
-        sys::lzma_filter {
-            id: sys::LZMA_FILTER_LZMA2,
-            options: (lzma as *mut sys::lzma_options_lzma).cast(),
-        },
-        sys::lzma_filter {
-            id: sys::LZMA_VLI_UNKNOWN,
-            options: std::ptr::null_mut(),
-        },
-    ]
-}
-
-/// LZMA options for re-encoding: preset 6's search with dictionary `dict` and property byte
-/// `props` (the base's).
-fn lzma_options(dict: u32, props: u8) -> Result<sys::lzma_options_lzma, String> {
-    let mut o = preset_options()?;
-    o.dict_size = dict;
-    o.lc = u32::from(props % 9);
-    o.lp = u32::from(props / 9 % 5);
-    o.pb = u32::from(props / 45);
-    Ok(o)
-}
-
-/// Compress `edited[run]` as LZMA2 chunks appended to `out`, without an end marker: a fresh
-/// model (its first compressed chunk declares `props`) over a dictionary preloaded with up to
-/// [`WINDOW`] edited bytes before the run.
-fn encode_run(
-    edited: &[u8],
-    run: Range<usize>,
-    dict: u32,
-    props: u8,
-    out: &mut Vec<u8>,
-) -> Result<(), String> {
-    let window = WINDOW.min(dict as usize);
-    // The encoder indexes its preset dictionary before it compresses a byte, at about a fifth of
-    // the cost of compressing it; a short run between stored stretches gets a short one, so
-    // indexing never costs more than the run itself.
-    let reach = window.min(run.len().max(MIN_PRESET));
-    let preset = &edited[run.start.saturating_sub(reach)..run.start];
-    let mut lzma = lzma_options(window.max(4096) as u32, props)?;
-    if !preset.is_empty() {
-        lzma.preset_dict = preset.as_ptr();
-        lzma.preset_dict_size = preset.len() as u32;
-    }
-    let filters = lzma2_chain(&mut lzma);
-    let input = &edited[run];
-    // SAFETY: a pure function of its argument. A block's bound covers its LZMA2 data.
-    let bound = unsafe { sys::lzma_block_buffer_bound(input.len()) };
-    let start = out.len();
-    out.try_reserve(bound)
-        .map_err(|_| "out of memory for a rebuilt block".to_string())?;
-    let mut pos = 0usize;
-    // SAFETY: the input pointer and length describe `input`; the output pointer is valid for
-    // `bound` bytes of writes past `start` (reserved above) and liblzma writes only below
-    // `pos`; `filters`, `lzma` and the preset dictionary it points into (`edited`) all outlive
-    // the call, which does not keep them.
-    let ret = unsafe {
-        sys::lzma_raw_buffer_encode(
-            filters.as_ptr(),
-            std::ptr::null(),
-            input.as_ptr(),
-            input.len(),
-            out.as_mut_ptr().add(start),
-            &mut pos,
-            bound,
-        )
-    };
-    if ret != sys::LZMA_OK {
-        return Err(format!(
-            "liblzma could not compress a stretch (error {ret})"
-        ));
-    }
-    // SAFETY: liblzma initialised `pos <= bound` bytes past `start`, within the reservation.
-    unsafe { out.set_len(start + pos) };
-    // The run continues into whatever follows, so its own end marker goes.
-    if out.pop() != Some(0x00) {
-        return Err("liblzma ended an LZMA2 stretch without an end marker".into());
-    }
-    Ok(())
-}
-
-/// The header of an LZMA2 block with dictionary `dict` whose data is `compressed` bytes long
-/// and decodes to `uncompressed` bytes.
-fn block_header(
-    dict: u32,
-    compressed: usize,
-    uncompressed: usize,
-    check: u8,
-) -> Result<Vec<u8>, String> {
-    let mut lzma = lzma_options(dict, DEFAULT_PROPS)?;
-    let mut filters = lzma2_chain(&mut lzma);
-    // SAFETY: an all-zero lzma_block is a valid value; the fields the header functions read are
-    // set below.
-    let mut block: sys::lzma_block = unsafe { std::mem::zeroed() };
-    block.version = 1;
-    block.check = sys::lzma_check::from(check);
-    block.filters = filters.as_mut_ptr();
-    block.compressed_size = compressed as u64;
-    block.uncompressed_size = uncompressed as u64;
-    // SAFETY: `block` and the filters it points to are valid and live through the call.
-    if unsafe { sys::lzma_block_header_size(&mut block) } != sys::LZMA_OK {
-        return Err("liblzma cannot size the header of a rebuilt block".into());
-    }
-    let mut header = vec![0u8; block.header_size as usize];
-    // SAFETY: `header` has the `header_size` bytes the encoder writes; `block` is as above.
-    if unsafe { sys::lzma_block_header_encode(&block, header.as_mut_ptr()) } != sys::LZMA_OK {
-        return Err("liblzma cannot write the header of a rebuilt block".into());
-    }
-    Ok(header)
-}
-
-/// Size of the integrity check `check`, for the check types this module computes.
-fn check_size(check: u8) -> Option<usize> {
-    match check {
-        0 => Some(0),
-        1 => Some(4),
-        4 => Some(8),
-        10 => Some(32),
-        _ => None,
-    }
-}
-
-/// The integrity check of type `check` over `data`, as a block stores it.
-fn check_value(check: u8, data: &[u8]) -> Vec<u8> {
-    match check {
-        // SAFETY: the pointer and length describe `data`; the function only reads it.
-        1 => unsafe { sys::lzma_crc32(data.as_ptr(), data.len(), 0) }
-            .to_le_bytes()
-            .to_vec(),
-        // SAFETY: as for CRC32 above.
-        4 => unsafe { sys::lzma_crc64(data.as_ptr(), data.len(), 0) }
-            .to_le_bytes()
-            .to_vec(),
-        10 => Sha256::digest(data).to_vec(),
-        _ => Vec::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::decoder::decode_raw;
+    use super::super::encoder::{lzma_options, lzma2_chain};
+    use super::super::index::{XzBlock, index_bytes};
+    use super::super::lzma2::resets_dictionary;
+    use super::super::stream::{stream_footer, stream_header};
     use super::*;
-    use crate::disk::XzBlock;
-    use crate::disk::xz::{decode_raw, index_bytes, stream_footer, stream_header};
+    use liblzma_sys as sys;
     use proptest::prelude::*;
     use std::io::Write;
     use std::process::{Command, Stdio};
