@@ -270,6 +270,22 @@ pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, F
     })
 }
 
+/// Whether `cmdline.txt` names the root partition's PARTUUID and `/etc/fstab` names both
+/// partitions', as a bootable Raspberry Pi OS image must (unreadable files count as not).
+pub fn partuuids_consistent(
+    root: &mut dyn FileOps,
+    boot: &mut dyn FileOps,
+    root_uuid: &str,
+    boot_uuid: &str,
+) -> bool {
+    let cmdline = boot.read("/cmdline.txt").unwrap_or_default();
+    let fstab = root.read("/etc/fstab").unwrap_or_default();
+    let has = |hay: &[u8], needle: &str| {
+        String::from_utf8_lossy(hay).contains(&format!("PARTUUID={needle}"))
+    };
+    has(&cmdline, root_uuid) && has(&fstab, root_uuid) && has(&fstab, boot_uuid)
+}
+
 /// The mount point of the vfat entry in an fstab.
 fn fstab_boot_mount(fstab: &str) -> Option<String> {
     fstab

@@ -54,17 +54,12 @@ pub fn report(path: &std::path::Path, ui: &Ui) -> anyhow::Result<Report> {
     let mut boot = open::boot(&image)?;
     let facts = facts::gather(&mut root, &mut boot)?;
     let ext4 = root.info()?;
-    let partuuids_consistent = {
-        use crate::fs::FileOps;
-        let cmdline = boot.read("/cmdline.txt").unwrap_or_default();
-        let fstab = root.read("/etc/fstab").unwrap_or_default();
-        let root_uuid = &image.root()?.partuuid;
-        let boot_uuid = &image.boot()?.partuuid;
-        let has = |hay: &[u8], needle: &str| {
-            String::from_utf8_lossy(hay).contains(&format!("PARTUUID={needle}"))
-        };
-        has(&cmdline, root_uuid) && has(&fstab, root_uuid) && has(&fstab, boot_uuid)
-    };
+    let partuuids_consistent = facts::partuuids_consistent(
+        &mut root,
+        &mut boot,
+        &image.root()?.partuuid,
+        &image.boot()?.partuuid,
+    );
     Ok(Report {
         image: path.to_path_buf(),
         compression: image.compression,

@@ -4,11 +4,27 @@
 //! it for the root partition (over `rust-fs-ext4`), [`fat::Fat`] for the boot partition (over
 //! `fatfs`). Both edit a copy-on-write view of the image, and each mutating call is all or nothing:
 //! a failure puts every block it touched back as it was.
+//!
+//! Beside the drivers, `ext4::free` and `fat::free` read each format's on-disk structures
+//! directly (through [`ReadAt`]) to say which bytes are free, for outputs that skip free space.
 
 pub mod edit;
 pub mod ext4;
 pub mod fat;
 pub mod path;
+pub mod ranges;
+
+/// The bytes of one partition, for readers of on-disk structures.
+pub trait ReadAt {
+    /// Partition length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the partition is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fill `buf` from partition offset `at`; reading past the end is an error.
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
 
 use serde::Serialize;
 

@@ -27,80 +27,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use fs_ext4::Filesystem;
 use fs_ext4::runtime::Runtime;
 
+pub mod features;
+pub mod free;
+mod layout;
+
 use super::path::{components, parent_and_name};
 use super::{Entry, FileOps, FsError, Kind, Meta, Stat};
 use crate::disk::Region;
 
 const ROOT_INO: u32 = 2;
 const MAX_SYMLINK_HOPS: usize = 40;
-
-/// Feature bits pibake writes; everything else is refused for writing.
-mod features {
-    pub const COMPAT_OK: u32 = 0x0004 // has_journal
-        | 0x0008 // ext_attr
-        | 0x0010 // resize_inode
-        | 0x0020 // dir_index
-        | 0x1000; // orphan_file (empty: orphan_present is refused below)
-    pub const INCOMPAT_OK: u32 = 0x0002 // filetype
-        | 0x0040 // extent
-        | 0x0080 // 64bit
-        | 0x0200 // flex_bg
-        | 0x2000; // metadata_csum_seed
-    pub const RO_COMPAT_OK: u32 = 0x0001 // sparse_super
-        | 0x0002 // large_file
-        | 0x0008 // huge_file
-        | 0x0020 // dir_nlink
-        | 0x0040 // extra_isize
-        | 0x0400; // metadata_csum
-    pub const INCOMPAT_RECOVER: u32 = 0x0004;
-    pub const STATE_ERRORS: u16 = 0x0002;
-
-    /// Names of the bits in `bits`, for messages.
-    pub fn names(compat: u32, incompat: u32, ro: u32) -> Vec<String> {
-        const C: &[(u32, &str)] = &[
-            (0x1, "dir_prealloc"),
-            (0x2, "imagic_inodes"),
-            (0x40, "lazy_bg"),
-            (0x200, "sparse_super2"),
-            (0x400, "fast_commit"),
-            (0x800, "stable_inodes"),
-        ];
-        const I: &[(u32, &str)] = &[
-            (0x1, "compression"),
-            (0x8, "journal_dev"),
-            (0x10, "meta_bg"),
-            (0x100, "mmp"),
-            (0x400, "ea_inode"),
-            (0x1000, "dirdata"),
-            (0x4000, "large_dir"),
-            (0x8000, "inline_data"),
-            (0x10000, "encrypt"),
-            (0x20000, "casefold"),
-        ];
-        const R: &[(u32, &str)] = &[
-            (0x4, "btree_dir"),
-            (0x10, "gdt_csum"),
-            (0x80, "has_snapshot"),
-            (0x100, "quota"),
-            (0x200, "bigalloc"),
-            (0x1000, "replica"),
-            (0x2000, "read-only"),
-            (0x4000, "project"),
-            (0x8000, "verity"),
-            (0x10000, "orphan_present"),
-        ];
-        let mut out = Vec::new();
-        for (bits, table) in [(compat, C), (incompat, I), (ro, R)] {
-            for bit in (0..32).map(|i| 1u32 << i).filter(|b| bits & b != 0) {
-                match table.iter().find(|(b, _)| *b == bit) {
-                    Some((_, name)) => out.push((*name).to_string()),
-                    None => out.push(format!("unknown bit {bit:#x}")),
-                }
-            }
-        }
-        out
-    }
-}
 
 /// The clock and inode generations given to the driver: fixed, so builds are reproducible.
 struct FixedRuntime {
@@ -212,35 +148,8 @@ impl Ext4 {
     /// Label, sizes and features from the superblock.
     pub fn info(&self) -> Result<Ext4Info, FsError> {
         let sb = self.superblock()?;
-        let mut features = Vec::new();
-        const KNOWN: &[(u8, u32, &str)] = &[
-            (0, 0x4, "has_journal"),
-            (0, 0x8, "ext_attr"),
-            (0, 0x10, "resize_inode"),
-            (0, 0x20, "dir_index"),
-            (0, 0x1000, "orphan_file"),
-            (1, 0x2, "filetype"),
-            (1, 0x4, "needs_recovery"),
-            (1, 0x40, "extent"),
-            (1, 0x80, "64bit"),
-            (1, 0x200, "flex_bg"),
-            (1, 0x2000, "metadata_csum_seed"),
-            (2, 0x1, "sparse_super"),
-            (2, 0x2, "large_file"),
-            (2, 0x8, "huge_file"),
-            (2, 0x20, "dir_nlink"),
-            (2, 0x40, "extra_isize"),
-            (2, 0x400, "metadata_csum"),
-        ];
-        let sets = [sb.feature_compat, sb.feature_incompat, sb.feature_ro_compat];
-        let mut rest = sets;
-        for &(set, bit, name) in KNOWN {
-            if sets[set as usize] & bit != 0 {
-                features.push(name.to_string());
-                rest[set as usize] &= !bit;
-            }
-        }
-        features.extend(features::names(rest[0], rest[1], rest[2]));
+        let features =
+            features::all_names(sb.feature_compat, sb.feature_incompat, sb.feature_ro_compat);
         Ok(Ext4Info {
             label: sb.volume_name.clone(),
             block_size: sb.block_size(),

@@ -5,97 +5,20 @@
 //! Like the ext4 side, each call opens the filesystem afresh and a failed mutation is undone in the
 //! copy-on-write layer. FAT timestamps carry no time zone; pibake writes and reads them as UTC.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::sync::{Mutex, OnceLock};
+mod boot_sector;
+mod dot_entries;
+pub mod free;
+mod time;
 
-use fatfs::{Date, DateTime, FileSystem, FsOptions, Time, TimeProvider};
+use std::io::{Read, Write};
+
+use fatfs::{FileSystem, FsOptions};
 
 use super::path::{components, parent_and_name};
 use super::{Entry, FileOps, FsError, Kind, Meta, Stat};
 use crate::disk::Region;
-
-/// A clock fixed at one instant, for `fatfs`, which wants a `'static` provider.
-#[derive(Debug)]
-struct FixedTime(DateTime);
-
-impl TimeProvider for FixedTime {
-    fn get_current_date(&self) -> Date {
-        self.0.date
-    }
-
-    fn get_current_date_time(&self) -> DateTime {
-        self.0
-    }
-}
-
-/// One leaked provider per distinct clock value: builds use one clock, so this stays tiny.
-fn provider(epoch: i64) -> &'static FixedTime {
-    static PROVIDERS: OnceLock<Mutex<HashMap<i64, &'static FixedTime>>> = OnceLock::new();
-    let map = PROVIDERS.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-    map.entry(epoch)
-        .or_insert_with(|| Box::leak(Box::new(FixedTime(to_fat_time(epoch)))))
-}
-
-/// Days since 1970-01-01 to a (year, month, day) civil date, proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// The inverse of [`civil_from_days`].
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// FAT can store 1980 to 2107; times outside are clamped to the nearest end.
-fn to_fat_time(epoch: i64) -> DateTime {
-    const MIN: i64 = 315_532_800; // 1980-01-01
-    const MAX: i64 = 4_354_819_198; // 2107-12-31 23:59:58
-    let t = epoch.clamp(MIN, MAX);
-    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
-    let secs = t.rem_euclid(86_400);
-    DateTime {
-        date: Date {
-            year: y as u16,
-            month: m as u16,
-            day: d as u16,
-        },
-        time: Time {
-            hour: (secs / 3600) as u16,
-            min: (secs / 60 % 60) as u16,
-            sec: (secs % 60) as u16,
-            millis: 0,
-        },
-    }
-}
-
-fn from_fat_time(t: DateTime) -> i64 {
-    let days = days_from_civil(
-        i64::from(t.date.year),
-        u32::from(t.date.month),
-        u32::from(t.date.day),
-    );
-    days * 86_400
-        + i64::from(t.time.hour) * 3600
-        + i64::from(t.time.min) * 60
-        + i64::from(t.time.sec)
-}
+use dot_entries::repair_dot_entries;
+use time::{from_fat_time, provider, to_fat_time};
 
 /// The FAT boot partition of an image.
 pub struct Fat {
@@ -397,86 +320,5 @@ impl FileOps for Fat {
             }
             Ok(())
         })
-    }
-}
-
-const DIR_ENTRY: usize = 32;
-const ATTR_LFN: u8 = 0x0f;
-const ATTR_DIR: u8 = 0x10;
-const DELETED: u8 = 0xe5;
-
-/// fatfs 0.3 writes a long-name entry before the `.` and `..` entries of every directory it
-/// creates, which the FAT specification forbids and `fsck.vfat` reports as damage; it also points
-/// `..` of a top-level directory at the FAT32 root cluster where the specification says 0.
-///
-/// New directory clusters can only be among the chunks this transaction wrote, so those are
-/// scanned for the exact signature (long-name entry, `.` directory entry, long-name entry, `..`
-/// directory entry) at sector boundaries and rewritten as `.`, `..` and two deleted slots.
-fn repair_dot_entries(region: &Region) -> Result<(), FsError> {
-    const SECTOR: u64 = 512;
-    let mut bpb = [0u8; 512];
-    region.read_at(0, &mut bpb)?;
-    let root_cluster = u32::from_le_bytes([bpb[44], bpb[45], bpb[46], bpb[47]]);
-    let is_fat32 = &bpb[82..87] == b"FAT32";
-    let disk = region.disk();
-    let chunk = crate::disk::cow::CHUNK as u64;
-    let (start, end) = (region.start(), region.start() + region.len());
-    for index in disk.touched() {
-        let chunk_start = index * chunk;
-        if chunk_start + chunk <= start || chunk_start >= end {
-            continue;
-        }
-        let mut off = chunk_start.max(start);
-        off = start + (off - start).div_ceil(SECTOR) * SECTOR;
-        while off + 4 * DIR_ENTRY as u64 <= (chunk_start + chunk).min(end) {
-            let mut head = [0u8; 4 * DIR_ENTRY];
-            region.read_at(off - start, &mut head)?;
-            let e = |i: usize| &head[i * DIR_ENTRY..(i + 1) * DIR_ENTRY];
-            let is_lfn = |x: &[u8]| x[11] == ATTR_LFN;
-            let is_named_dir =
-                |x: &[u8], name: &[u8; 11]| &x[..11] == name && x[11] & ATTR_DIR != 0;
-            if is_lfn(e(0))
-                && is_named_dir(e(1), b".          ")
-                && is_lfn(e(2))
-                && is_named_dir(e(3), b"..         ")
-            {
-                let mut fixed = [0u8; 4 * DIR_ENTRY];
-                fixed[..DIR_ENTRY].copy_from_slice(e(1));
-                fixed[DIR_ENTRY..2 * DIR_ENTRY].copy_from_slice(e(3));
-                let dotdot = &mut fixed[DIR_ENTRY..2 * DIR_ENTRY];
-                let cluster = u32::from(u16::from_le_bytes([dotdot[26], dotdot[27]]))
-                    | u32::from(u16::from_le_bytes([dotdot[20], dotdot[21]])) << 16;
-                if is_fat32 && cluster == root_cluster {
-                    dotdot[20..22].fill(0);
-                    dotdot[26..28].fill(0);
-                }
-                // Deleted, not empty: a zero first byte would end the directory early.
-                fixed[2 * DIR_ENTRY] = DELETED;
-                fixed[3 * DIR_ENTRY] = DELETED;
-                region.write_at(off - start, &fixed)?;
-            }
-            off += SECTOR;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_dates_round_trip() {
-        for t in [315_532_800i64, 1_700_000_000, 951_782_400, 4_107_542_398] {
-            assert_eq!(from_fat_time(to_fat_time(t)), t, "{t}");
-        }
-        assert_eq!(
-            from_fat_time(to_fat_time(0)),
-            315_532_800,
-            "clamped to 1980"
-        );
-        let d = to_fat_time(1_700_000_000); // 2023-11-14 22:13:20 UTC
-        assert_eq!((d.date.year, d.date.month, d.date.day), (2023, 11, 14));
-        assert_eq!((d.time.hour, d.time.min, d.time.sec), (22, 13, 20));
     }
 }
