@@ -1,11 +1,13 @@
 //! pibake: bake ready-to-flash Raspberry Pi OS images on the host, offline, without mounting.
 //!
-//! The pipeline, one module per stage: [`acquire`] gets a base image, [`disk`] opens it read-only
-//! under a copy-on-write layer and reads its partitions, [`fs`] reads and edits the FAT boot and
-//! ext4 root filesystems through one file-operations trait, [`facts`] derives what the image is,
-//! and [`cli`] is the command-line edge. Below every stage: [`parallel`] (ordered parallel work),
-//! [`xz`] (the `.xz` format, read and written) and [`compress`] (recognising and decoding
-//! compressed bases).
+//! One module per stage, each using only those below it: [`error`], [`progress`], [`parallel`],
+//! [`xz`] and [`compress`] at the bottom; [`disk`] opens a base read-only under a copy-on-write
+//! layer; [`acquire`] fetches, verifies and caches bases; [`fs`] reads and edits the FAT boot
+//! and ext4 root filesystems through one trait; [`facts`] says what the image is; [`overlay`]
+//! loads roles and overlays, which are data; [`recipe`] checks a recipe against what they
+//! declare; [`plan`] turns recipe, facts and overlays into file operations; [`apply`] carries
+//! them out; [`output`] writes images and their extras; [`bake`] runs the whole job; [`cli`] is
+//! the command-line edge.
 
 pub mod acquire;
 pub mod apply;
