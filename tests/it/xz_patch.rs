@@ -3,7 +3,7 @@
 //! the base's block layout and check type, carries untouched blocks over byte for byte, is the
 //! same on every run, and a damaged block the edits touch fails the write without leaving a file.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

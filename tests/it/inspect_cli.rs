@@ -1,7 +1,7 @@
 //! `pibake inspect`, `ls` and `cat` on Raspberry Pi OS-shaped fixtures, judged against what each
 //! fixture was built with and against debugfs and mtools reading the same bytes.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! The OS list: nested subitems and subitems_url, selection, verification of both checksums,
 //! and a second run that neither downloads nor decodes.
 
-mod common_http;
+use crate::common_http;
 
 use common_http::{Faults, Server, image, options, sha, xz};
 use pibake::acquire::{self, AcquireError, Origin, VerifyMethod};

@@ -2,7 +2,7 @@
 //! and `zstd` accept them, a failure leaves nothing behind, and repeated writes are identical
 //! whatever the number of threads.
 
-mod output_common;
+use crate::output_common;
 
 use std::path::Path;
 use std::process::Command;

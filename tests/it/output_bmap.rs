@@ -1,7 +1,7 @@
 //! Block maps: `bmaptool copy` reproduces the image from an `.img.xz` and its `.bmap`, the map
 //! leaves out exactly the free blocks the filesystems vouch for, and pibake reads the map back.
 
-mod output_common;
+use crate::output_common;
 
 use std::ops::Range;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Downloads from a URL: verification sources, resume, restarts, retries and failures.
 
-mod common_http;
+use crate::common_http;
 
 use common_http::{Faults, Server, image, options, sha, xz};
 use pibake::acquire::{self, AcquireError, VerifyMethod};

@@ -1,7 +1,7 @@
 //! Every safety gate of the filesystem layer: the error it gives, and proof that nothing was
 //! written (the base's sha256 and an empty copy-on-write layer).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Local bases: raw images used in place, compressed ones decoded once into the cache, zip
 //! archives, damaged inputs, and the cache commands' library side.
 
-mod common_http;
+use crate::common_http;
 
 use std::io::Write;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! signatures are made with the `gpg` command in a throw-away home; the test is skipped (with a
 //! message) where gpg is missing.
 
-mod common_http;
+use crate::common_http;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! by debugfs and mtools reading each expected file, and by the real programs (dnsmasq, nft,
 //! iptables-restore, sshd, openssl) checking what was generated.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! Every kind of bad image is refused with a one-line error naming the problem, exit code 2, and
 //! nothing written: not the input, not a temporary file.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

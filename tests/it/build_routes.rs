@@ -3,8 +3,8 @@
 //! cache, and a warm rebuild cloned from that cache. Every route must give exactly the bytes the
 //! plain raw route gives, judged by `xz -t`, `xz -dc` and `sha256sum`.
 
-mod common;
-mod common_http;
+use crate::common;
+use crate::common_http;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

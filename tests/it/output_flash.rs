@@ -2,7 +2,7 @@
 //! writes and corrupt read-backs are caught with the offset, and devices that must not be
 //! written are refused — all against regular files and a made-up sysfs, never a real disk.
 
-mod output_common;
+use crate::output_common;
 
 use std::fs::File;
 use std::io;

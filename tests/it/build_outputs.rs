@@ -2,7 +2,7 @@
 //! to a regular file standing in for a card. Judged by bmaptool, xz, sha256sum and a byte
 //! comparison against a separate raw build, never by pibake reading its own output back.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

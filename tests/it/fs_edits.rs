@@ -2,7 +2,7 @@
 //! `e2fsck -fn` / `fsck.vfat -n` and by independent readers (ext4-view, debugfs, mtools) against
 //! the test's own model of the tree.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
