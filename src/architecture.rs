@@ -163,6 +163,45 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
     g
 }
 
+/// Every error type with a kind is one the CLI recognises in an error chain, so none can
+/// silently become exit code 1.
+#[test]
+fn every_classified_error_is_known_to_the_cli() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let cli = code(&std::fs::read_to_string(src().join("cli/mod.rs")).expect("cli/mod.rs"));
+    let list = cli
+        .split("by_kind!(")
+        .nth(1)
+        .and_then(|rest| rest.split(");").next())
+        .expect("the by_kind! list in cli/mod.rs");
+    let listed: BTreeSet<&str> = list
+        .split(',')
+        .filter_map(|t| t.trim().rsplit("::").next())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut missing = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("readable source");
+        for part in text.split("Classify for ").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let in_test_module = text
+                .find(&format!("Classify for {name}"))
+                .is_some_and(|at| text[..at].contains("#[cfg(test)]"));
+            if !name.is_empty() && !in_test_module && !listed.contains(name.as_str()) {
+                missing.push(format!("{} ({name})", shown(f)));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in cli::classify's list: {missing:#?}"
+    );
+}
+
 #[test]
 fn stages_point_one_way() {
     let g = graph();

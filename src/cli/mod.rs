@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::error::{Classify, Kind};
+
 mod progress;
 
 pub use progress::TermProgress;
@@ -109,8 +111,12 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let (kind, hint) = kind_and_hint(&e);
             eprintln!("error: {}", message(&e));
-            ExitCode::from(exit_code(&e))
+            if let Some(hint) = hint {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(exit_code(kind))
         }
     }
 }
@@ -128,64 +134,71 @@ fn message(e: &anyhow::Error) -> String {
     out
 }
 
-/// Bad input is exit 2; anything else is exit 1. The first cause in the chain that knows which
-/// it is decides.
-fn exit_code(e: &anyhow::Error) -> u8 {
-    // A damaged .xz block surfaces through whatever was reading (partition table, ext4, FAT) as
-    // an I/O error; it is still the input's fault, whoever reports it.
+/// The kind and hint of an error chain: the first cause that knows its kind decides. A damaged
+/// `.xz` block surfaces through whatever was reading (partition table, ext4, FAT) as an I/O
+/// error; it is still the input's fault, whoever reports it, so it is looked for first.
+fn kind_and_hint(e: &anyhow::Error) -> (Kind, Option<String>) {
+    let hint = e.chain().find_map(|c| classify(c).and_then(|(_, h)| h));
     for cause in e.chain() {
-        let xz = cause.downcast_ref::<crate::disk::XzError>().or_else(|| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<crate::disk::XzError>())
-        });
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        let xz = cause
+            .downcast_ref::<crate::xz::XzError>()
+            .or_else(|| inner.and_then(|i| i.downcast_ref::<crate::xz::XzError>()));
         if let Some(xz) = xz {
-            return if xz.is_bad_input() {
-                EXIT_BAD_INPUT
-            } else {
-                EXIT_INTERNAL
-            };
+            return (Classify::kind(xz), hint);
         }
     }
     for cause in e.chain() {
-        if let Some(bad) = classify(cause) {
-            return if bad { EXIT_BAD_INPUT } else { EXIT_INTERNAL };
+        if let Some((kind, _)) = classify(cause) {
+            return (kind, hint);
         }
     }
-    EXIT_INTERNAL
+    (Kind::Internal, hint)
 }
 
-/// Whether one error in a chain is the user's input (Some(true)), pibake's (Some(false)), or
-/// says nothing either way (None).
-fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
-    macro_rules! by_method {
-        ($($t:ty),*) => {$(
+/// Bad input is exit 2; anything else is exit 1.
+fn exit_code(kind: Kind) -> u8 {
+    match kind {
+        Kind::BadInput => EXIT_BAD_INPUT,
+        Kind::Environment | Kind::Internal => EXIT_INTERNAL,
+    }
+}
+
+/// The kind and hint of one error in a chain, if it is one of pibake's typed errors. Every type
+/// that implements [`Classify`] must be listed here: a test in `architecture.rs` fails when one
+/// is not, so a new error type cannot silently become exit 1.
+fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<(Kind, Option<String>)> {
+    macro_rules! by_kind {
+        ($($t:ty),* $(,)?) => {$(
             if let Some(e) = cause.downcast_ref::<$t>() {
-                return Some(
-                    crate::error::Classify::kind(e) == crate::error::Kind::BadInput,
-                );
+                return Some((Classify::kind(e), Classify::hint(e)));
             }
         )*};
     }
-    by_method!(
+    by_kind!(
+        crate::error::PathError,
+        crate::xz::XzError,
+        crate::compress::DecodeError,
         crate::disk::ImageError,
+        crate::acquire::AcquireError,
         crate::fs::FsError,
+        crate::overlay::OverlayError,
+        crate::recipe::RecipeError,
+        crate::recipe::RecipeReadError,
         crate::plan::PlanError,
         crate::apply::ApplyError,
-        crate::overlay::OverlayError,
-        crate::acquire::AcquireError,
-        crate::compress::DecodeError,
-        crate::output::flash::FlashError,
         crate::output::OutputError,
-        crate::output::bmap::BmapError
+        crate::output::bmap::BmapError,
+        crate::output::flash::FlashError,
+        crate::bake::NoBase,
+        crate::bake::BadEpoch,
+        crate::bake::VerifyError,
+        BadInput,
     );
-    let always_bad = cause.is::<BadInput>()
-        || cause.is::<crate::recipe::RecipeError>()
-        || cause.is::<crate::recipe::RecipeReadError>()
-        || cause.is::<crate::bake::NoBase>()
-        || cause.is::<crate::bake::VerifyError>();
-    always_bad.then_some(true)
+    None
 }
 
 /// A problem with what the user asked for, raised at the CLI edge.

@@ -173,3 +173,23 @@ fn bad_target_syntax_for_ls_and_cat() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
 }
+
+#[test]
+fn a_bad_source_date_epoch_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("r.toml");
+    std::fs::write(&r, "[node]\nhostname = \"x\"\n").unwrap();
+    let out = Command::new(bin())
+        .args(["--quiet", "plan", r.to_str().unwrap(), "--base"])
+        .arg(fixture("bookworm"))
+        .env("SOURCE_DATE_EPOCH", "soon")
+        .env("PIBAKE_CACHE_DIR", test_cache())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err,
+        "error: SOURCE_DATE_EPOCH=\"soon\" is not a number of seconds\n"
+    );
+}
