@@ -70,21 +70,10 @@ fn xz_sha(xz: &Path) -> String {
 
 /// Block count and uncompressed sizes per block, as xz itself lists them.
 fn xz_blocks(xz: &Path) -> Vec<(u64, u64)> {
-    let o = Command::new("xz")
-        .args(["--robot", "-lv"])
-        .arg(xz)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| l.starts_with("block\t"))
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            // block, stream, block in stream, block in file, compressed offset,
-            // uncompressed offset, compressed size, uncompressed size, ...
-            (f[5].parse().unwrap(), f[7].parse().unwrap())
-        })
+    common::xz_list(xz)
+        .0
+        .iter()
+        .map(|b| (b.uncompressed_offset, b.uncompressed_size))
         .collect()
 }
 
@@ -198,22 +187,11 @@ fn a_corrupt_block_the_build_reads_is_a_clear_error_and_nothing_is_written() {
     std::fs::copy(fixture_xz("bookworm"), &xz_base).unwrap();
     // The block holding the root filesystem's superblock is read by every build.
     let root_start = part(&expect("bookworm"), 2).0;
-    let o = Command::new("xz")
-        .args(["--robot", "-lv"])
-        .arg(&xz_base)
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (coff, csize) = listing
-        .lines()
-        .filter(|l| l.starts_with("block\t"))
-        .map(|l| l.split('\t').collect::<Vec<_>>())
-        .find(|f| {
-            let u: u64 = f[5].parse().unwrap();
-            let n: u64 = f[7].parse().unwrap();
-            (u..u + n).contains(&(root_start + 1024))
-        })
-        .map(|f| (f[4].parse::<u64>().unwrap(), f[6].parse::<u64>().unwrap()))
+    let (coff, csize) = common::xz_list(&xz_base)
+        .0
+        .iter()
+        .find(|b| b.holds(root_start + 1024))
+        .map(|b| (b.file_offset, b.total_size))
         .unwrap();
     let mut bytes = std::fs::read(&xz_base).unwrap();
     let at = (coff + csize / 2) as usize;

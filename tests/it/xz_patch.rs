@@ -4,6 +4,7 @@
 //! same on every run, and a damaged block the edits touch fails the write without leaving a file.
 
 use crate::common;
+use crate::common::{ListedBlock, xz_list};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -35,51 +36,9 @@ fn xz_ok(args: &[&str], path: &Path) -> Vec<u8> {
     o.stdout
 }
 
-/// One block as `xz --robot -lv` reports it.
-#[derive(Debug, Clone, PartialEq)]
-struct Listed {
-    file_offset: u64,
-    uncompressed_offset: u64,
-    total_size: u64,
-    uncompressed_size: u64,
-    check: String,
-}
-
-impl Listed {
-    fn bytes<'a>(&self, file: &'a [u8]) -> &'a [u8] {
-        &file[self.file_offset as usize..(self.file_offset + self.total_size) as usize]
-    }
-
-    /// What must not change when blocks are recompressed.
-    fn layout(&self) -> (u64, u64, String) {
-        (
-            self.uncompressed_offset,
-            self.uncompressed_size,
-            self.check.clone(),
-        )
-    }
-}
-
-/// Every block of `path` and the number of streams, per `xz --robot -lv`.
-fn xz_list(path: &Path) -> (Vec<Listed>, usize) {
-    let text = String::from_utf8(xz_ok(&["--robot", "-lv"], path)).unwrap();
-    let blocks = text
-        .lines()
-        .filter(|l| l.starts_with("block\t"))
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            let n = |i: usize| f[i].parse::<u64>().unwrap();
-            Listed {
-                file_offset: n(4),
-                uncompressed_offset: n(5),
-                total_size: n(6),
-                uncompressed_size: n(7),
-                check: f[9].to_string(),
-            }
-        })
-        .collect();
-    let streams = text.lines().filter(|l| l.starts_with("stream\t")).count();
-    (blocks, streams)
+/// What must not change when blocks are recompressed.
+fn layout(b: &ListedBlock) -> (u64, u64, String) {
+    (b.uncompressed_offset, b.uncompressed_size, b.check.clone())
 }
 
 /// The first MiBs of the bookworm fixture (MBR and the start of the FAT partition, some of it
@@ -189,7 +148,7 @@ fn only_touched_blocks_are_reencoded_and_xz_agrees() {
     assert_eq!(out_streams, 1);
     assert_eq!(out_blocks.len(), base_blocks.len());
     for (b, o) in base_blocks.iter().zip(&out_blocks) {
-        assert_eq!(b.layout(), o.layout(), "uncompressed layout or check");
+        assert_eq!(layout(b), layout(o), "uncompressed layout or check");
     }
     assert_eq!(
         out_blocks
@@ -382,8 +341,8 @@ fn other_checks_and_concatenated_streams_are_kept_as_one_stream() {
         assert!(xz_ok(&["-dc"], &out) == model, "{check}: xz -dc differs");
         let (out_blocks, out_streams) = xz_list(&out);
         assert_eq!(out_streams, 1, "{check}");
-        let layout = |v: &[Listed]| v.iter().map(Listed::layout).collect::<Vec<_>>();
-        assert_eq!(layout(&out_blocks), layout(&base_blocks), "{check}");
+        let layouts = |v: &[ListedBlock]| v.iter().map(layout).collect::<Vec<_>>();
+        assert_eq!(layouts(&out_blocks), layouts(&base_blocks), "{check}");
     }
 }
 

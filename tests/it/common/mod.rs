@@ -235,3 +235,66 @@ pub fn dump(region: &pibake::disk::Region, out: &Path) {
         pos += n as u64;
     }
 }
+
+/// One block of an `.xz` file as the real `xz --robot -lvv` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedBlock {
+    /// Offset of the block in the file.
+    pub file_offset: u64,
+    /// Offset of its data in the decoded stream.
+    pub uncompressed_offset: u64,
+    /// Bytes of the block in the file (header, data, padding, check).
+    pub total_size: u64,
+    /// Bytes it decodes to.
+    pub uncompressed_size: u64,
+    /// Check type name (`CRC64`, `SHA-256`, ...).
+    pub check: String,
+}
+
+impl ListedBlock {
+    /// The block's bytes within `file`.
+    pub fn bytes<'a>(&self, file: &'a [u8]) -> &'a [u8] {
+        &file[self.file_offset as usize..(self.file_offset + self.total_size) as usize]
+    }
+
+    /// Whether decoded offset `at` falls inside this block.
+    pub fn holds(&self, at: u64) -> bool {
+        (self.uncompressed_offset..self.uncompressed_offset + self.uncompressed_size).contains(&at)
+    }
+}
+
+/// The blocks and the stream count of `path`, per `xz --robot -lvv`: the one parser of its
+/// output for every test.
+pub fn xz_list(path: &Path) -> (Vec<ListedBlock>, usize) {
+    let o = Command::new("xz")
+        .args(["--robot", "-lvv"])
+        .arg(path)
+        .output()
+        .expect("run xz");
+    assert!(
+        o.status.success(),
+        "xz --robot -lvv {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    // block, stream, block in stream, block in file, compressed offset, uncompressed offset,
+    // total size, uncompressed size, ratio, check, ...
+    let blocks = text
+        .lines()
+        .filter(|l| l.starts_with("block\t"))
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let n = |i: usize| f[i].parse::<u64>().expect("xz --robot number");
+            ListedBlock {
+                file_offset: n(4),
+                uncompressed_offset: n(5),
+                total_size: n(6),
+                uncompressed_size: n(7),
+                check: f[9].to_string(),
+            }
+        })
+        .collect();
+    let streams = text.lines().filter(|l| l.starts_with("stream\t")).count();
+    (blocks, streams)
+}
