@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use super::manifest::{BaseInput, Inputs, Manifest, OutputRecord, RecipeInput};
-use super::route::{Route, apply_and_write, raw_sha256};
+use super::route::{apply_and_write, raw_sha256};
 use super::{Prepared, sha256_file};
+use crate::output::route::Route;
 use crate::progress::Progress;
 
 /// What `build` writes besides the image itself.

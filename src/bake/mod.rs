@@ -10,9 +10,9 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::output::route::Route;
 pub use build::{Built, Extras, ImagerRequest, build};
 pub use prepare::prepare;
-pub use route::Route;
 pub use verify::{Verified, VerifyError, verify};
 
 use crate::acquire::AcquireOptions;

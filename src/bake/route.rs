@@ -1,86 +1,14 @@
-//! How a build's output is produced from its base: the route (every block encoded, xz blocks
-//! copied or spliced, the base decoded once, a cached decoded copy cloned) and the writing.
+//! Carrying out the way `output::route` picks: apply the plan, then write every block encoded,
+//! xz blocks copied or spliced, the base decoded once, or a cached decoded copy cloned.
 
 use std::path::Path;
 
 use super::Prepared;
 use super::prepare::decode_into_cache;
 use crate::acquire::cache;
+use crate::output::route::{Route, Way};
 use crate::output::{Format, Written};
 use crate::progress::Progress;
-
-/// How the output was produced from the base: the manifest records it.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "kebab-case", tag = "kind")]
-pub enum Route {
-    /// Every byte of the image was read from the base (plus changes) and written by the
-    /// output's encoder.
-    Full,
-    /// `.img.xz` from an `.img.xz` base: untouched xz blocks copied as they are, touched ones
-    /// re-encoded.
-    XzPatch {
-        /// Blocks in the output.
-        blocks: usize,
-        /// Blocks re-encoded because the build changed them.
-        reencoded: usize,
-        /// Compressed bytes copied verbatim from the base: whole blocks, and LZMA2 chunks kept
-        /// inside re-encoded ones.
-        copied_bytes: u64,
-        /// Decoded bytes that went through the compressor again.
-        compressed_again: u64,
-        /// Re-encoded blocks compressed whole, because their chunks could not be spliced.
-        whole: usize,
-    },
-    /// Raw output from an `.img.xz` base whose decoded copy was not cached: every block decoded
-    /// once in parallel, the changes laid over it; the decoded base is now cached.
-    XzDecode {
-        /// Whether the decoded base entered the cache.
-        cached: bool,
-    },
-    /// Raw output cloned from the cached decoded base, then only the changed blocks written.
-    CachedCopy {
-        /// How the copy was made.
-        method: crate::output::clone::CloneMethod,
-        /// True when the result's SHA-256 was already known for this base and these changes.
-        hash_reused: bool,
-    },
-}
-
-impl Route {
-    /// A few words for the build summary.
-    pub fn describe(&self) -> String {
-        match self {
-            Route::Full => "every block encoded".into(),
-            Route::XzPatch {
-                blocks,
-                reencoded,
-                compressed_again,
-                ..
-            } => format!(
-                "{} of {blocks} xz blocks copied verbatim, {reencoded} spliced \
-                 ({:.1} MiB compressed again)",
-                blocks - reencoded,
-                *compressed_again as f64 / 1048576.0
-            ),
-            Route::XzDecode { cached: true } => {
-                "base decoded once (kept in the cache for the next build)".into()
-            }
-            Route::XzDecode { cached: false } => "base decoded once".into(),
-            Route::CachedCopy {
-                method,
-                hash_reused,
-            } => format!(
-                "copied from the cached decoded base ({}){}",
-                match method {
-                    crate::output::clone::CloneMethod::Reflink => "reflink",
-                    crate::output::clone::CloneMethod::KernelCopy => "in-kernel copy",
-                    crate::output::clone::CloneMethod::ReadWrite => "read and write",
-                },
-                if *hash_reused { ", hash known" } else { "" }
-            ),
-        }
-    }
-}
 
 /// Apply the plan into the copy-on-write layer and write the result to `out` by the cheapest
 /// route the base and the output format allow.
@@ -90,15 +18,16 @@ pub(super) fn apply_and_write(
     progress: &dyn Progress,
 ) -> anyhow::Result<(crate::apply::Report, Written, Route)> {
     let format = Format::from_path(out)?;
-    let xz = match (&p.image.xz, format) {
-        (Some(xz), Format::Xz | Format::Raw) => xz.clone(),
+    let way = crate::output::route::choose(format, p.image.xz.is_some(), p.trust_cache);
+    let xz = match (&p.image.xz, way) {
+        (Some(xz), Way::XzPatch | Way::XzDecode | Way::ViaCache) => xz.clone(),
         _ => {
             let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
             let written = crate::output::write(&p.image.disk, out, progress)?;
             return Ok((report, written, Route::Full));
         }
     };
-    if format == Format::Xz {
+    if way == Way::XzPatch {
         let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
         let threads = crate::output::threads() as usize;
         let w = crate::output::xz_patch::write_patched(&xz, &p.image.disk, out, threads, progress)?;
@@ -119,7 +48,7 @@ pub(super) fn apply_and_write(
         };
         return Ok((report, written, route));
     }
-    if !p.trust_cache {
+    if way == Way::XzDecode {
         // One pass over the base, trusting nothing: every block decoded and checked, the
         // changes laid over it, the result hashed.
         let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;

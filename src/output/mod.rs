@@ -22,6 +22,7 @@ pub mod flash;
 mod hash_behind;
 pub mod imager;
 pub mod raw;
+pub mod route;
 mod used;
 pub mod xz;
 pub mod xz_patch;
