@@ -61,8 +61,6 @@ pub struct Document {
 /// `null`, and which of them are secret.
 #[derive(Debug, Clone)]
 pub struct Validated {
-    /// The role it is for.
-    pub role: String,
     values: Json,
     secrets: Vec<(String, String)>,
 }
@@ -205,19 +203,16 @@ impl Document {
         }
         let values = Json::Object(values);
         self.check_rules(layers, &values)?;
-        Ok(Validated {
-            role: layers.role.clone(),
-            values,
-            secrets,
-        })
+        Ok(Validated { values, secrets })
     }
 
     fn check_rules(&self, layers: &Layers, values: &Json) -> Result<(), RecipeError> {
         let ctx = minijinja::Value::from_serialize(values);
+        // Rules are expressions over the recipe alone: one environment, no templates, serves all.
+        let no_templates: [(&String, &String); 0] = [];
+        let env = crate::overlay::environment(no_templates, &[])
+            .map_err(|(_, e)| self.err(0..0, e.to_string()))?;
         for o in &layers.overlays {
-            let no_templates: [(&String, &String); 0] = [];
-            let env = crate::overlay::environment(no_templates, &[])
-                .map_err(|(_, e)| self.err(0..0, e.to_string()))?;
             for (i, rule) in o.rules.iter().enumerate() {
                 let broken = |e: minijinja::Error| {
                     self.err(
@@ -274,6 +269,11 @@ impl Validated {
     /// One string input.
     pub fn str(&self, section: &str, field: &str) -> Option<&str> {
         self.get(section, field)?.as_str()
+    }
+
+    /// The role it is for (`[node] role`, whose default is the role resolved).
+    pub fn role(&self) -> &str {
+        self.str("node", "role").unwrap_or_default()
     }
 
     /// `[build] epoch`.

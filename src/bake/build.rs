@@ -145,7 +145,7 @@ pub fn build(
 /// The Imager entry's words: what the user gave, else defaults from the recipe and the base.
 fn imager_info(p: &Prepared, req: &ImagerRequest) -> crate::output::imager::EntryInfo {
     let hostname = p.recipe.str("node", "hostname").unwrap_or("node");
-    let role = p.recipe.role.as_str();
+    let role = p.recipe.role();
     let os = &p.facts.os;
     crate::output::imager::EntryInfo {
         name: req

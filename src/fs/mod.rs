@@ -11,6 +11,7 @@
 pub mod edit;
 pub mod ext4;
 pub mod fat;
+pub(crate) mod le;
 pub mod path;
 pub mod ranges;
 

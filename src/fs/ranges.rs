@@ -57,16 +57,6 @@ pub fn subtract(a: Vec<Range<u64>>, b: &[Range<u64>]) -> Vec<Range<u64>> {
     out
 }
 
-/// Little-endian u16 at `at`, widened.
-pub(crate) fn le16(b: &[u8], at: usize) -> u64 {
-    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
-}
-
-/// Little-endian u32 at `at`, widened.
-pub(crate) fn le32(b: &[u8], at: usize) -> u64 {
-    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -265,7 +265,7 @@ pub fn make(
             }
         }
     }
-    let (stack, stack_reason) = stack::choose(layers, facts, stack, &release)?;
+    let (stack, stack_reason) = stack::choose(layers, &ctx["facts"], stack, &release)?;
     let _ = set_path(&mut ctx, "stack", Value::from(stack.clone()));
     for (o, env) in layers.overlays.iter().zip(&envs) {
         for l in &o.lets {

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Action, Op, PlanError};
+use super::{Action, Op, PlanError, render_error};
 use crate::overlay::{ActionKind, Entry, Overlay};
 
 /// Render one entry, or `None` when its `when` is false.
@@ -14,10 +14,7 @@ pub fn entry(
     ctx: &Value,
     origin: &str,
 ) -> Result<Option<Op>, PlanError> {
-    let rerr = |err: minijinja::Error| PlanError::Render {
-        origin: origin.to_string(),
-        message: format!("{err:#}").replace('\n', " "),
-    };
+    let rerr = |err: minijinja::Error| render_error(origin, &err);
     if let Some(cond) = &e.when {
         let expr = env.compile_expression(cond).map_err(rerr)?;
         if !expr.eval(ctx).map_err(rerr)?.is_true() {

@@ -4,15 +4,14 @@
 use serde_json::Value;
 
 use super::PlanError;
-use crate::facts::Facts;
 use crate::overlay::{Layers, Stack};
 
-/// The yes/no facts, by name.
-fn flags(facts: &Facts) -> Vec<(String, bool)> {
-    match serde_json::to_value(facts) {
-        Ok(Value::Object(map)) => map
-            .into_iter()
-            .filter_map(|(k, v)| v.as_bool().map(|b| (k, b)))
+/// The yes/no facts, by name, from the facts as templates see them.
+fn flags(facts: &Value) -> Vec<(String, bool)> {
+    match facts {
+        Value::Object(map) => map
+            .iter()
+            .filter_map(|(k, v)| v.as_bool().map(|b| (k.clone(), b)))
             .collect(),
         _ => Vec::new(),
     }
@@ -41,10 +40,10 @@ fn missing(stack: &Stack, flags: &[(String, bool)]) -> Result<Vec<String>, PlanE
     Ok(out)
 }
 
-/// Pick the stack and say why.
+/// Pick the stack and say why, from `facts` as templates see them.
 pub fn choose(
     layers: &Layers,
-    facts: &Facts,
+    facts: &Value,
     wanted: &str,
     release: &str,
 ) -> Result<(String, String), PlanError> {

@@ -6,7 +6,8 @@ use std::ops::Range;
 
 use super::layout::{Layout, SUPERBLOCK_AT};
 use crate::fs::ReadAt;
-use crate::fs::ranges::{le16, le32, normalize, subtract};
+use crate::fs::le::{le16, le32};
+use crate::fs::ranges::{normalize, subtract};
 
 /// `bg_flags`: the group's block bitmap was never initialised (all free).
 const BG_BLOCK_UNINIT: u64 = 0x2;

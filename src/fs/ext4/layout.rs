@@ -6,7 +6,7 @@ use super::features::{
     COMPAT_RESIZE_INODE, COMPAT_SPARSE_SUPER2, INCOMPAT_64BIT, INCOMPAT_META_BG, RO_BIGALLOC,
     RO_GDT_CSUM, RO_METADATA_CSUM, RO_SPARSE_SUPER,
 };
-use crate::fs::ranges::{le16, le32};
+use crate::fs::le::{le16, le32};
 
 /// Byte offset of the primary superblock in the partition.
 pub const SUPERBLOCK_AT: u64 = 1024;

@@ -1,7 +1,7 @@
 //! The FAT boot sector's geometry: where the FATs, the root directory and the data clusters
 //! are, and which FAT width (12, 16 or 32 bits) the cluster count implies.
 
-use crate::fs::ranges::{le16, le32};
+use crate::fs::le::{le16, le32};
 
 /// A FAT volume's layout, from its boot sector.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use super::boot_sector::Geometry;
 use crate::fs::ReadAt;
-use crate::fs::ranges::{le16, le32};
+use crate::fs::le::{le16, le32};
 
 /// Free byte ranges, relative to the partition, of the FAT in `part`: its unallocated
 /// clusters. `None` when the boot sector does not describe a FAT this reader trusts.
