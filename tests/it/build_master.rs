@@ -9,17 +9,15 @@ use std::process::{Command, Output};
 
 use common::*;
 
-const EPOCH: &str = "1735689600";
 const PASSWORD: &str = "raspberry-demo-pw";
 const PSK: &str = "correct horse battery";
 const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOq0Xy2m3sZ3uWcJ1TestKeyOnlyForPibakeTests000 test@pibake";
 
 fn recipe(dir: &Path, extra: &str) -> PathBuf {
-    let p = dir.join("master.toml");
-    std::fs::write(
-        &p,
-        format!(
+    write_recipe(
+        dir,
+        &format!(
             r#"[node]
 hostname = "master"
 [user]
@@ -36,12 +34,10 @@ keymap = "gb"
 {extra}"#
         ),
     )
-    .unwrap();
-    p
 }
 
 fn build(recipe: &Path, base: &Path, out: &Path, stack: &str) -> Output {
-    Command::new(bin())
+    pibake_in(&test_cache())
         .args([
             "build",
             recipe.to_str().unwrap(),
@@ -52,8 +48,6 @@ fn build(recipe: &Path, base: &Path, out: &Path, stack: &str) -> Output {
             "-o",
             out.to_str().unwrap(),
         ])
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env("PIBAKE_CACHE_DIR", test_cache())
         .output()
         .unwrap()
 }
@@ -606,8 +600,7 @@ fn plan_shows_every_operation_without_secrets_and_writes_nothing() {
     let r = recipe(tmp.path(), "");
     let base = fixture("bookworm");
     let before = sha256(&base);
-    let o = Command::new(bin())
-        .env("PIBAKE_CACHE_DIR", test_cache())
+    let o = pibake_in(&test_cache())
         .args([
             "plan",
             r.to_str().unwrap(),
@@ -628,8 +621,7 @@ fn plan_shows_every_operation_without_secrets_and_writes_nothing() {
     ] {
         assert!(text.contains(want), "plan lacks {want:?}:\n{text}");
     }
-    let o = Command::new(bin())
-        .env("PIBAKE_CACHE_DIR", test_cache())
+    let o = pibake_in(&test_cache())
         .args([
             "plan",
             r.to_str().unwrap(),
@@ -696,8 +688,7 @@ fn invalid_recipes_point_at_the_line() {
     for (text, at, msg) in cases {
         let p = tmp.path().join("bad.toml");
         std::fs::write(&p, text).unwrap();
-        let o = Command::new(bin())
-            .env("PIBAKE_CACHE_DIR", test_cache())
+        let o = pibake_in(&test_cache())
             .args([
                 "plan",
                 p.to_str().unwrap(),
@@ -726,13 +717,11 @@ fn a_role_that_is_only_data_builds() {
     let run = |recipe: &str, stack: &str, out: &Path| {
         let r = tmp.path().join("sensor.toml");
         std::fs::write(&r, recipe).unwrap();
-        Command::new(bin())
+        pibake_in(&test_cache())
             .args(["build", r.to_str().unwrap(), "--base"])
             .arg(fixture("bookworm"))
             .args(["--roles", roles.to_str().unwrap(), "--stack", stack, "-o"])
             .arg(out)
-            .env("SOURCE_DATE_EPOCH", EPOCH)
-            .env("PIBAKE_CACHE_DIR", test_cache())
             .output()
             .unwrap()
     };

@@ -9,26 +9,12 @@ use std::process::Command;
 
 use common::*;
 
-const EPOCH: &str = "1735689600";
-
 fn recipe(dir: &Path) -> PathBuf {
-    let p = dir.join("master.toml");
-    std::fs::write(
-        &p,
-        "[node]\nhostname = \"golden\"\n[user]\nname = \"pi\"\npassword = \"pw-for-tests\"\n",
-    )
-    .unwrap();
-    p
+    write_recipe(dir, &minimal_recipe("golden"))
 }
 
 fn pibake_ok(args: &[&str]) -> String {
-    let o = Command::new(bin())
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env("PIBAKE_CACHE_DIR", test_cache())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let o = pibake_in(&test_cache()).args(args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "pibake {args:?} failed:\n{err}");
     err
@@ -172,7 +158,7 @@ fn a_refused_card_costs_no_build() {
     let r = recipe(dir.path());
     let out = dir.path().join("never.img");
     // A directory is not something pibake will flash; it must say so before writing anything.
-    let o = Command::new(bin())
+    let o = pibake_in(&test_cache())
         .args([
             "build",
             r.to_str().unwrap(),
@@ -202,13 +188,12 @@ fn sha256_checks_a_local_base_too() {
     let dir = tempfile::tempdir().unwrap();
     let r = recipe(dir.path());
     let plan = |sha256: &str| {
-        Command::new(bin())
+        pibake_in(&dir.path().join("cache"))
             .args(["plan", "--quiet"])
             .arg(&r)
             .arg("--base")
             .arg(&base)
             .args(["--sha256", sha256])
-            .env("PIBAKE_CACHE_DIR", dir.path().join("cache"))
             .output()
             .unwrap()
     };

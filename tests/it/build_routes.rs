@@ -11,28 +11,18 @@ use std::process::{Command, Output};
 
 use common::*;
 
-const EPOCH: &str = "1735689600";
-
 fn recipe(dir: &Path) -> PathBuf {
-    let p = dir.join("master.toml");
-    std::fs::write(
-        &p,
-        "[node]\nhostname = \"routes\"\n[user]\nname = \"pi\"\npassword = \"pw-for-tests\"\n",
-    )
-    .unwrap();
-    p
+    write_recipe(dir, &minimal_recipe("routes"))
 }
 
 fn command(dir: &Path, base: &Path, out: &Path) -> Command {
-    let mut c = Command::new(bin());
+    let mut c = pibake_in(&dir.join("cache"));
     c.args(["build", "--quiet"])
         .arg(recipe(dir))
         .arg("--base")
         .arg(base)
         .arg("-o")
-        .arg(out)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env("PIBAKE_CACHE_DIR", dir.join("cache"));
+        .arg(out);
     c
 }
 
@@ -140,10 +130,9 @@ fn every_route_gives_the_raw_route_s_bytes_on_every_fixture() {
         assert_eq!(sha256(&warm), want, "{release}: warm raw differs");
 
         // A patched output verifies by rebuilding the same way.
-        let v = Command::new(bin())
+        let v = pibake_in(&d.join("cache"))
             .args(["verify", "--quiet"])
             .arg(format!("{}.manifest.json", patched.display()))
-            .env("PIBAKE_CACHE_DIR", d.join("cache"))
             .output()
             .unwrap();
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
@@ -158,12 +147,11 @@ fn a_single_block_base_is_decoded_whole_and_plan_says_so() {
     let xz_base = fixture_xz_single("bookworm");
     assert_eq!(xz_blocks(&xz_base).len(), 1);
 
-    let plan = Command::new(bin())
+    let plan = pibake_in(&d.join("cache"))
         .args(["plan", "--quiet"])
         .arg(recipe(d))
         .arg("--base")
         .arg(&xz_base)
-        .env("PIBAKE_CACHE_DIR", d.join("cache"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&plan.stdout);
@@ -231,13 +219,11 @@ fn a_downloaded_xz_base_is_read_in_place_and_downloaded_once() {
     let want = sha256(&reference);
 
     let run = |out: &Path| {
-        let o = Command::new(bin())
+        let o = pibake_in(&d.join("cache"))
             .args(["build", "--quiet"])
             .arg(recipe(d))
             .args(["--base", &url, "--sha256", &sha, "-o"])
             .arg(out)
-            .env("SOURCE_DATE_EPOCH", EPOCH)
-            .env("PIBAKE_CACHE_DIR", d.join("cache"))
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -20,14 +20,38 @@ pub fn test_cache() -> PathBuf {
     root_dir().join("target/test-cache")
 }
 
-/// Run `pibake` with `args`.
+/// The `SOURCE_DATE_EPOCH` of every test build, so outputs compare byte for byte across runs.
+pub const EPOCH: &str = "1735689600";
+
+/// A `pibake` command in the tests' environment: the fixed epoch, `cache` as its cache, no colour.
+pub fn pibake_in(cache: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env("SOURCE_DATE_EPOCH", EPOCH)
+        .env("PIBAKE_CACHE_DIR", cache)
+        .env("NO_COLOR", "1");
+    c
+}
+
+/// Run `pibake` with `args` in the tests' environment and the shared test cache.
 pub fn pibake(args: &[&str]) -> Output {
-    Command::new(bin())
+    pibake_in(&test_cache())
         .args(args)
-        .env("NO_COLOR", "1")
-        .env("PIBAKE_CACHE_DIR", test_cache())
         .output()
         .expect("run pibake")
+}
+
+/// The smallest recipe a build accepts: a host name and a user with a password.
+pub fn minimal_recipe(hostname: &str) -> String {
+    format!(
+        "[node]\nhostname = \"{hostname}\"\n[user]\nname = \"pi\"\npassword = \"pw-for-tests\"\n"
+    )
+}
+
+/// Write `body` as `dir/master.toml`, the recipe file the build tests pass to `pibake`.
+pub fn write_recipe(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("master.toml");
+    std::fs::write(&p, body).expect("write the recipe");
+    p
 }
 
 static BUILD: Mutex<()> = Mutex::new(());
