@@ -38,15 +38,17 @@ fmt:
 	$(CARGO) fmt --all
 
 # Raspberry Pi OS-shaped images for tests and the demo; FULL=1 adds the ~3 GB benchmark image.
+# An image is stale when any part of the generator (build.sh, the gentree package) is newer.
+GENERATOR = $(shell ls -t tests/fixtures/build.sh tests/fixtures/gentree/*.py | head -n 1)
 fixtures: deps
 	@mkdir -p $(FIXTURES)
 	@for r in $(RELEASES); do \
-	  if [ ! $(FIXTURES)/$$r.img -nt tests/fixtures/build.sh ]; then \
+	  if [ ! $(FIXTURES)/$$r.img -nt $(GENERATOR) ]; then \
 	    bash tests/fixtures/build.sh $$r $(FIXTURES) || exit 1; \
 	  fi; \
 	done
 ifeq ($(FULL),1)
-	@if [ ! $(FIXTURES)/full/bookworm-full.img.xz -nt tests/fixtures/build.sh ]; then \
+	@if [ ! $(FIXTURES)/full/bookworm-full.img.xz -nt $(GENERATOR) ]; then \
 	  FULL=1 bash tests/fixtures/build.sh bookworm $(FIXTURES); \
 	fi
 endif

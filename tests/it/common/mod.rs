@@ -56,15 +56,30 @@ pub fn write_recipe(dir: &Path, body: &str) -> PathBuf {
 
 static BUILD: Mutex<()> = Mutex::new(());
 
+/// When the fixture generator (build.sh and the gentree package) last changed.
+fn generator_changed() -> Option<std::time::SystemTime> {
+    let dir = root_dir().join("tests/fixtures");
+    let gentree = std::fs::read_dir(dir.join("gentree")).ok()?;
+    let files = gentree
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "py"))
+        .chain([dir.join("build.sh")]);
+    files
+        .map(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .max()
+}
+
 /// The fixture image for `release` (bullseye, bookworm, trixie, gpt), built on first use and kept
-/// under `target/fixtures`. Rebuilt when the generator script is newer than the image.
+/// under `target/fixtures`. Rebuilt when any part of the generator is newer than the image.
 pub fn fixture(release: &str) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     let dir = root_dir().join("target/fixtures");
     let img = dir.join(format!("{release}.img"));
     let script = root_dir().join("tests/fixtures/build.sh");
-    let fresh = match (img.metadata(), script.metadata()) {
-        (Ok(i), Ok(s)) => i.modified().unwrap() >= s.modified().unwrap(),
+    let fresh = match (img.metadata().and_then(|m| m.modified()), generator_changed()) {
+        (Ok(built), Some(changed)) => built >= changed,
         _ => false,
     };
     if !fresh {
