@@ -202,6 +202,52 @@ fn every_classified_error_is_known_to_the_cli() {
     );
 }
 
+/// Every error type the library defines says what kind it is: one that did not would leave the
+/// CLI guessing, and a new type would silently become exit code 1.
+#[test]
+fn every_library_error_is_classified() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let texts: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|f| {
+            (
+                f.clone(),
+                std::fs::read_to_string(f).expect("readable source"),
+            )
+        })
+        .collect();
+    let classified = |name: &str| {
+        texts.iter().any(|(_, t)| {
+            t.contains(&format!("Classify for {name} "))
+                || t.contains(&format!("Classify for {name}<"))
+        })
+    };
+    let mut unclassified = Vec::new();
+    for (f, text) in &texts {
+        let body = text.split("#[cfg(test)]").next().unwrap_or("");
+        for part in body.split("thiserror::Error").skip(1) {
+            let Some(at) = part.find("enum ").or_else(|| part.find("struct ")) else {
+                continue;
+            };
+            let name: String = part[at..]
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && !classified(&name) {
+                unclassified.push(format!("{} ({name})", shown(f)));
+            }
+        }
+    }
+    assert!(
+        unclassified.is_empty(),
+        "error types without a Classify impl: {unclassified:#?}"
+    );
+}
+
 #[test]
 fn stages_point_one_way() {
     let g = graph();

@@ -123,6 +123,15 @@ pub enum PartitionError {
     Io(#[from] io::Error),
 }
 
+impl crate::error::Classify for PartitionError {
+    fn kind(&self) -> crate::error::Kind {
+        match self {
+            PartitionError::Io(_) => crate::error::Kind::Environment,
+            _ => crate::error::Kind::BadInput,
+        }
+    }
+}
+
 const MBR_PROTECTIVE: u8 = 0xee;
 
 /// Read the partition table of `disk` (a region spanning the whole disk) and probe each partition.

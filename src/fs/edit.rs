@@ -40,6 +40,16 @@ pub enum EditError {
     Fs(#[from] FsError),
 }
 
+impl crate::error::Classify for EditError {
+    fn kind(&self) -> crate::error::Kind {
+        match self {
+            EditError::Fs(e) => crate::error::Classify::kind(e),
+            // The image's file is not shaped the way the edit needs: the base is at fault.
+            _ => crate::error::Kind::BadInput,
+        }
+    }
+}
+
 fn markers(name: &str) -> (String, String) {
     (
         format!("# BEGIN pibake {name}"),

@@ -25,8 +25,13 @@ pub const BLOCK_SIZE: u64 = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum BmapError {
     /// Reading the image failed.
-    #[error("reading the image to map its blocks: {0}")]
-    Io(#[from] io::Error),
+    #[error("reading {path} to map its blocks: {source}")]
+    Io {
+        /// The image the user named.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The bmap file could not be read.
     #[error("cannot read {path}: {source}")]
     Unreadable {
@@ -59,7 +64,7 @@ impl BmapError {
     /// True when the user's file is at fault rather than the machine.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            BmapError::Io(_) => false,
+            BmapError::Io { .. } => false,
             BmapError::Unreadable { source, .. } => source.kind() == io::ErrorKind::NotFound,
             BmapError::Invalid { .. } | BmapError::WrongImage { .. } => true,
         }
@@ -86,7 +91,10 @@ impl crate::error::Classify for BmapError {
 /// and every allocated cluster; and all of any partition or tail whose contents no filesystem
 /// describes.
 pub fn mapped_ranges(image: &Image) -> Result<Vec<Range<u64>>, BmapError> {
-    let data = used::data_ranges(image)?;
+    let data = used::data_ranges(image).map_err(|source| BmapError::Io {
+        path: image.source.clone(),
+        source,
+    })?;
     Ok(to_blocks(&data, image.disk.len()))
 }
 

@@ -116,6 +116,13 @@ pub enum Refusal {
     },
 }
 
+impl crate::error::Classify for Refusal {
+    fn kind(&self) -> crate::error::Kind {
+        // The user named a device pibake will not write; they can name another.
+        crate::error::Kind::BadInput
+    }
+}
+
 /// What was found about a disk that passed (or was forced past) the checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskInfo {
