@@ -173,6 +173,46 @@ impl Cache {
             .join(format!("{}.part", &sha256_hex(url.as_bytes())[..32]))
     }
 
+    /// Hold the download of `url` for this process alone until the returned file is dropped.
+    ///
+    /// The partial file of a URL has one name so that the next run can resume it; two processes
+    /// writing it at once would corrupt it or rename it from under each other. An advisory lock
+    /// (flock on Unix, LockFileEx on Windows) is released by the kernel when its holder dies, so a
+    /// killed pibake never leaves the cache locked. A waiter says what it waits for.
+    pub fn lock_download(
+        &self,
+        url: &str,
+        what: &str,
+        progress: &dyn Progress,
+    ) -> Result<File, AcquireError> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(|e| self.io("cannot create", &dir, e))?;
+        let path = dir.join(format!("{}.lock", &sha256_hex(url.as_bytes())[..32]));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| self.io("cannot create", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                progress.begin(
+                    &format!(
+                        "waiting for another pibake to finish: {what} (lock {})",
+                        path.display()
+                    ),
+                    None,
+                );
+                let locked = file.lock();
+                progress.end();
+                locked.map_err(|e| self.io("cannot lock", &path, e))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(self.io("cannot lock", &path, e)),
+        }
+        Ok(file)
+    }
+
     fn download_path(&self, sha: &str, ext: &str) -> PathBuf {
         self.root.join("downloads").join(format!("{sha}.{ext}"))
     }

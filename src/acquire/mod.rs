@@ -20,6 +20,7 @@
 //!   hashes/<id>.json                         SHA-256 of local files by path, size, mtime, inode
 //!   tmp/<id>.part, tmp/<id>.part.json        a download in progress and its server validator
 //!                                            (resumed by the next run)
+//!   locks/<id>.lock                          held by the one process downloading that URL
 //!   tmp/decode-*.img                         a decode in progress
 //! ```
 //!
@@ -561,6 +562,14 @@ fn download_verified(
 ) -> Result<(PathBuf, String), AcquireError> {
     let partial = cache.partial_path(t.url);
     let label = format!("download {}", file_name(t.url));
+    let _alone = cache.lock_download(t.url, &label, progress)?;
+    // Whoever held the lock before may have finished this very download.
+    if let Some((path, sha)) = t
+        .sha256
+        .and_then(|s| cache.find_download(s).map(|p| (p, s.to_string())))
+    {
+        return Ok((path, sha));
+    }
     let got = http.download(t.url, &partial, t.size, cache.root(), &label, progress)?;
     if let Some(expected) = t.sha256 {
         if got.sha256 != expected {

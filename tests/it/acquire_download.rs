@@ -236,3 +236,65 @@ fn unreachable_server_is_an_internal_failure_after_retries() {
     );
     assert!(!e.is_bad_input());
 }
+
+/// Found by a user: three fetches of one URL on one cache downloaded it three times, and two
+/// failed when the first renamed the shared partial file from under them. Now one downloads while
+/// the others wait for its lock, then take what it cached.
+#[test]
+fn simultaneous_downloads_of_one_url_share_one_download() {
+    let (server, raw, _z, cache) = setup(Faults {
+        paced: true,
+        ..Faults::default()
+    });
+    let o = opts(&server, &cache);
+    let url = server.url(IMG);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| acquire::resolve(&url, &o, &Silent)))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("no panic"))
+            .collect()
+    });
+    for r in results {
+        let a = r.expect("every simultaneous run succeeds");
+        assert_eq!(std::fs::read(&a.image).unwrap(), raw);
+    }
+    assert_eq!(server.gets(IMG).len(), 1, "{:?}", server.gets(IMG));
+}
+
+/// A download lock dies with its holder: a run waiting behind a process that is then killed
+/// with SIGKILL goes on and succeeds. The holder is flock(1), which takes the same kind of lock.
+#[test]
+fn a_killed_holder_leaves_no_lock_behind() {
+    let (server, raw, _z, cache) = setup(Faults::default());
+    let o = opts(&server, &cache);
+    let url = server.url(IMG);
+    let locks = cache.path().join("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let lock = locks.join(format!("{}.lock", &sha(url.as_bytes())[..32]));
+    // -o: flock itself holds the lock, not the sleep it runs, so killing flock releases it.
+    let mut holder = std::process::Command::new("flock")
+        .arg("-o")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    while !lock.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::thread::scope(|s| {
+        let run = s.spawn(|| acquire::resolve(&url, &o, &Silent));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(
+            !run.is_finished(),
+            "the run must wait while the lock is held"
+        );
+        assert!(server.gets(IMG).is_empty());
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let a = run.join().expect("no panic").expect("the run goes on");
+        assert_eq!(std::fs::read(&a.image).unwrap(), raw);
+    });
+}

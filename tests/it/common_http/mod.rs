@@ -25,6 +25,9 @@ pub struct Faults {
     pub status: Option<u16>,
     /// Answer 503 to this many requests first.
     pub fail_first: usize,
+    /// Send the body in 64 KiB pieces with a pause after each, so that clients started together
+    /// are downloading at the same time.
+    pub paced: bool,
 }
 
 struct Resource {
@@ -227,6 +230,7 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                         etag: r.etag.clone(),
                         ignore_range: r.faults.ignore_range,
                         corrupt: r.faults.corrupt,
+                        paced: r.faults.paced,
                         drop_after,
                     }
                 }
@@ -253,6 +257,7 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             etag,
             ignore_range,
             corrupt,
+            paced,
             drop_after,
         } => {
             let len = body.len();
@@ -294,7 +299,14 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 }
             }
             let n = drop_after.map_or(slice.len(), |d| d.min(slice.len()));
-            out.write_all(&slice[..n])?;
+            if paced {
+                for piece in slice[..n].chunks(64 << 10) {
+                    out.write_all(piece)?;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            } else {
+                out.write_all(&slice[..n])?;
+            }
             out.flush()?;
             if drop_after.is_some() {
                 let _ = out.shutdown(Shutdown::Both);
@@ -316,6 +328,7 @@ enum Plan {
         etag: String,
         ignore_range: bool,
         corrupt: bool,
+        paced: bool,
         drop_after: Option<usize>,
     },
 }
