@@ -154,6 +154,22 @@ pub enum FsError {
         "the root filesystem uses features pibake cannot write safely: {0} (see \"ext4 support\" in the README; reading such images still works)"
     )]
     UnsupportedFeatures(String),
+    /// The root partition lacks the `extent` feature: an ext2 or ext3 filesystem, or an ext4
+    /// made without extents, which pibake does not write.
+    #[error(
+        "the root partition is ext2/ext3 (no `extent` feature); pibake writes ext4 with extents only, as every Raspberry Pi OS release has (`tune2fs -O extent` does not convert existing files; start from a Raspberry Pi OS image)"
+    )]
+    NoExtents,
+    /// The ext4 structures contradict themselves: the image is damaged or truncated.
+    #[error("the root partition's ext4 filesystem is damaged ({op} {path}: {detail})")]
+    Damaged {
+        /// What pibake was doing.
+        op: &'static str,
+        /// The path it was doing it to.
+        path: String,
+        /// What was found wrong, in the driver's words.
+        detail: String,
+    },
     /// The FAT boot sector is not valid.
     #[error("the boot partition is not a valid FAT filesystem: {0}")]
     BadFat(String),
@@ -203,6 +219,16 @@ impl crate::error::Classify for FsError {
             crate::error::Kind::BadInput
         } else {
             crate::error::Kind::Environment
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            FsError::Damaged { .. } => Some(
+                "check the root partition with `e2fsck -fn` (`e2fsck -fy` repairs it), or download the image again"
+                    .into(),
+            ),
+            _ => None,
         }
     }
 }

@@ -193,3 +193,76 @@ fn a_bad_source_date_epoch_is_bad_input() {
         "error: SOURCE_DATE_EPOCH=\"soon\" is not a number of seconds\n"
     );
 }
+
+/// A copy of the bookworm fixture with its root partition replaced by what `make_root` writes
+/// into `fs` (a file of the partition's size), then `pibake build` on it must be refused with
+/// exit 2, an `error:` line containing `needle`, a `hint:` when `hint` is given, no output, and
+/// the base unchanged.
+fn build_refused(make_root: &str, needle: &str, hint: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    sh(&format!(
+        "cp --sparse=always {} {}",
+        fixture("bookworm").display(),
+        base.display()
+    ));
+    let (off, len) = part(&expect("bookworm"), 2);
+    let fs = dir.path().join("root.fs");
+    extract(&base, off, len, &fs);
+    sh(&make_root.replace("FS", &fs.display().to_string()));
+    sh(&format!(
+        "dd if={} of={} bs=1M seek={off} oflag=seek_bytes conv=notrunc,sparse status=none",
+        fs.display(),
+        base.display()
+    ));
+    let before = sha256(&base);
+    let out = dir.path().join("out.img");
+    let o = pibake_in(&dir.path().join("cache"))
+        .arg("build")
+        .arg(write_recipe(dir.path(), &minimal_recipe("refused")))
+        .arg("--base")
+        .arg(&base)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let error = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("an error: line in {err}"));
+    assert!(error.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!error.contains('{'), "no debug text: {err}");
+    if let Some(h) = hint {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("hint: ") && l.contains(h)),
+            "expected a hint with {h:?} in: {err}"
+        );
+    }
+    assert!(!out.exists(), "a refused build writes no output");
+    assert_eq!(sha256(&base), before, "the base was modified");
+}
+
+/// Found by a user: an ext3 root passed the feature gate and failed at the first write with the
+/// driver's "legacy (non-extent)" text and exit 1.
+#[test]
+fn an_ext3_root_is_refused_before_any_write() {
+    build_refused(
+        "mkfs.ext3 -q -F -L rootfs FS",
+        "pibake writes ext4 with extents only",
+        None,
+    );
+}
+
+/// Found by a user: a damaged group descriptor came out as `BadChecksum { .. }` with exit 1.
+/// The first group descriptor (block 1 of a 4 KiB-block filesystem) gets one byte flipped.
+#[test]
+fn a_damaged_root_filesystem_is_bad_input_with_a_hint() {
+    build_refused(
+        "printf '\\377' | dd of=FS bs=1 seek=4100 conv=notrunc status=none",
+        "ext4 filesystem is damaged",
+        Some("e2fsck"),
+    );
+}

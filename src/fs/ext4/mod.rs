@@ -90,12 +90,47 @@ fn ext4_err(op: &'static str, path: &str, e: fs_ext4::Error) -> FsError {
             needed: 0,
             free: 0,
         },
-        other => FsError::Ext4 {
-            op,
+        // The driver calls running out of inodes "corrupt"; it is a full filesystem.
+        E::Corrupt(why) if why.contains("free inode") => FsError::NoSpace {
+            partition: "root",
             path: p,
-            detail: format!("{other:?}"),
+            needed: 0,
+            free: 0,
+        },
+        other => match damage(&other) {
+            Some(detail) => FsError::Damaged {
+                op,
+                path: p,
+                detail,
+            },
+            None => FsError::Ext4 {
+                op,
+                path: p,
+                detail: format!("{other:?}"),
+            },
         },
     }
+}
+
+/// What is wrong with the filesystem, in words, when the driver's error means the image's ext4
+/// structures are damaged or truncated (rather than pibake or the machine being at fault).
+fn damage(e: &fs_ext4::Error) -> Option<String> {
+    use fs_ext4::Error as E;
+    Some(match e {
+        E::BadMagic { found, expected } => {
+            format!("superblock magic is {found:#06x}, not {expected:#06x}")
+        }
+        E::BadChecksum { what } => format!("the checksum of a {what} does not match"),
+        E::CorruptExtentTree(why) => format!("an extent tree is corrupt: {why}"),
+        E::CorruptDirEntry(why) => format!("a directory entry is corrupt: {why}"),
+        E::Corrupt(why) => (*why).to_string(),
+        E::InvalidInode(n) => format!("a reference to inode {n}, which cannot exist"),
+        E::InvalidBlock(n) => format!("a reference to block {n}, past the end of the filesystem"),
+        E::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            format!("it reaches past the end of its partition ({io})")
+        }
+        _ => return None,
+    })
 }
 
 /// Where a path led.
@@ -123,6 +158,11 @@ impl Ext4 {
             if sb.state & features::STATE_ERRORS != 0 {
                 return Err(FsError::HasErrors);
             }
+            // The driver writes only extent-mapped files; without the feature the first write
+            // would fail half-way through the edits.
+            if sb.feature_incompat & features::INCOMPAT_EXTENT == 0 {
+                return Err(FsError::NoExtents);
+            }
             let bad = features::names(
                 sb.feature_compat & !features::COMPAT_OK,
                 sb.feature_incompat & !features::INCOMPAT_OK & !features::INCOMPAT_RECOVER,
@@ -138,11 +178,8 @@ impl Ext4 {
     }
 
     fn superblock(&self) -> Result<fs_ext4::Superblock, FsError> {
-        fs_ext4::Superblock::read(&self.region.read_only()).map_err(|e| FsError::Ext4 {
-            op: "read superblock",
-            path: "/".into(),
-            detail: format!("{e:?}"),
-        })
+        fs_ext4::Superblock::read(&self.region.read_only())
+            .map_err(|e| ext4_err("read superblock", "/", e))
     }
 
     /// Label, sizes and features from the superblock.

@@ -78,7 +78,10 @@ pub fn fixture(release: &str) -> PathBuf {
     let dir = root_dir().join("target/fixtures");
     let img = dir.join(format!("{release}.img"));
     let script = root_dir().join("tests/fixtures/build.sh");
-    let fresh = match (img.metadata().and_then(|m| m.modified()), generator_changed()) {
+    let fresh = match (
+        img.metadata().and_then(|m| m.modified()),
+        generator_changed(),
+    ) {
         (Ok(built), Some(changed)) => built >= changed,
         _ => false,
     };
