@@ -290,10 +290,10 @@ impl Validated {
     pub fn redacted(&self) -> Json {
         let mut v = self.values.clone();
         for (section, field) in &self.secrets {
-            if let Some(x) = v.get_mut(section).and_then(|s| s.get_mut(field)) {
-                if !x.is_null() {
-                    *x = "<redacted>".into();
-                }
+            if let Some(x) = v.get_mut(section).and_then(|s| s.get_mut(field))
+                && !x.is_null()
+            {
+                *x = "<redacted>".into();
             }
         }
         v

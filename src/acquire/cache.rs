@@ -123,10 +123,10 @@ pub fn default_dir() -> PathBuf {
     if let Some(x) = env("XDG_CACHE_HOME") {
         return x.join("pibake");
     }
-    if cfg!(windows) {
-        if let Some(l) = env("LOCALAPPDATA") {
-            return l.join("pibake").join("cache");
-        }
+    if cfg!(windows)
+        && let Some(l) = env("LOCALAPPDATA")
+    {
+        return l.join("pibake").join("cache");
     }
     match env("HOME") {
         Some(h) if cfg!(target_os = "macos") => h.join("Library/Caches/pibake"),

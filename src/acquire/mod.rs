@@ -265,14 +265,14 @@ fn resolve_local(
         source,
     })?;
     let sha = cache.hash_local(path, progress)?;
-    if let Some(w) = &wanted {
-        if *w != sha {
-            return Err(AcquireError::LocalChecksumMismatch {
-                path: path.to_path_buf(),
-                expected: w.clone(),
-                actual: sha,
-            });
-        }
+    if let Some(w) = &wanted
+        && *w != sha
+    {
+        return Err(AcquireError::LocalChecksumMismatch {
+            path: path.to_path_buf(),
+            expected: w.clone(),
+            actual: sha,
+        });
     }
     let method = if wanted.is_some() {
         VerifyMethod::Sha256Option
@@ -414,18 +414,17 @@ fn fetch_and_decode(
     method: VerifyMethod,
     progress: &dyn Progress,
 ) -> Result<Acquired, AcquireError> {
-    if opts.prefer_compressed {
-        if let Some(hit) = compressed_in_place(http, cache, opts, t, &origin, method, progress)? {
-            return Ok(hit);
-        }
+    if opts.prefer_compressed
+        && let Some(hit) = compressed_in_place(http, cache, opts, t, &origin, method, progress)?
+    {
+        return Ok(hit);
     }
     // Fast path: the decoded image is cached, so neither download nor decode.
-    if let Some(sha) = t.sha256 {
-        if opts.signing_key.is_none() {
-            if let Some(hit) = cached_image(cache, sha, extract_sha256, &origin, method) {
-                return Ok(hit);
-            }
-        }
+    if let Some(sha) = t.sha256
+        && opts.signing_key.is_none()
+        && let Some(hit) = cached_image(cache, sha, extract_sha256, &origin, method)
+    {
+        return Ok(hit);
     }
     let (file, sha) = match t
         .sha256
@@ -571,16 +570,16 @@ fn download_verified(
         return Ok((path, sha));
     }
     let got = http.download(t.url, &partial, t.size, cache.root(), &label, progress)?;
-    if let Some(expected) = t.sha256 {
-        if got.sha256 != expected {
-            download::discard_partial(&partial);
-            return Err(AcquireError::ChecksumMismatch {
-                what: t.url.to_string(),
-                expected: expected.to_string(),
-                actual: got.sha256,
-                expected_from: t.expected_from.to_string(),
-            });
-        }
+    if let Some(expected) = t.sha256
+        && got.sha256 != expected
+    {
+        download::discard_partial(&partial);
+        return Err(AcquireError::ChecksumMismatch {
+            what: t.url.to_string(),
+            expected: expected.to_string(),
+            actual: got.sha256,
+            expected_from: t.expected_from.to_string(),
+        });
     }
     if let Some(size) = t.size.filter(|&s| s != got.size) {
         download::discard_partial(&partial);
@@ -650,16 +649,16 @@ fn decode_cached(
         },
     })?;
     let image_sha256 = hex::encode(decoded.sha256);
-    if let Some(x) = extract_sha256 {
-        if x != image_sha256 {
-            drop(tmp);
-            return Err(AcquireError::ChecksumMismatch {
-                what: format!("the decoded image of {origin_text}"),
-                expected: x.to_string(),
-                actual: image_sha256,
-                expected_from: "the OS list's extract_sha256".into(),
-            });
-        }
+    if let Some(x) = extract_sha256
+        && x != image_sha256
+    {
+        drop(tmp);
+        return Err(AcquireError::ChecksumMismatch {
+            what: format!("the decoded image of {origin_text}"),
+            expected: x.to_string(),
+            actual: image_sha256,
+            expected_from: "the OS list's extract_sha256".into(),
+        });
     }
     tmp.as_file()
         .sync_all()

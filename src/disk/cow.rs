@@ -165,12 +165,12 @@ impl CowDisk {
     /// Keep everything written since the matching [`CowDisk::begin`].
     pub fn commit(&self) {
         let mut state = self.lock();
-        if let Some(inner) = state.undo.pop() {
-            if let Some(outer) = state.undo.last_mut() {
-                // The outer transaction keeps the oldest state it saw of each chunk.
-                for (index, before) in inner {
-                    outer.entry(index).or_insert(before);
-                }
+        if let Some(inner) = state.undo.pop()
+            && let Some(outer) = state.undo.last_mut()
+        {
+            // The outer transaction keeps the oldest state it saw of each chunk.
+            for (index, before) in inner {
+                outer.entry(index).or_insert(before);
             }
         }
     }

@@ -157,11 +157,11 @@ pub fn set_key(text: &str, key: &str, value: &str) -> String {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let mut active = false;
     for line in lines.iter_mut() {
-        if let Some((false, k)) = key_of(line) {
-            if k == key {
-                *line = setting.clone();
-                active = true;
-            }
+        if let Some((false, k)) = key_of(line)
+            && k == key
+        {
+            *line = setting.clone();
+            active = true;
         }
     }
     if !active {
@@ -292,14 +292,14 @@ pub fn enable_unit(fs: &mut dyn FileOps, unit: &str, meta: Meta) -> Result<Enabl
     }
     let mut changed = false;
     for link in &links {
-        if let Some((dir, _)) = link.rsplit_once('/') {
-            if !fs.exists(dir)? {
-                let dir_meta = Meta {
-                    mode: 0o755,
-                    ..meta
-                };
-                fs.mkdir_p(dir, dir_meta)?;
-            }
+        if let Some((dir, _)) = link.rsplit_once('/')
+            && !fs.exists(dir)?
+        {
+            let dir_meta = Meta {
+                mode: 0o755,
+                ..meta
+            };
+            fs.mkdir_p(dir, dir_meta)?;
         }
         let current = match fs.stat(link) {
             Ok(st) if st.kind == Kind::Symlink => Some(fs.read_link(link)?),

@@ -355,16 +355,14 @@ pub fn parse(text: &str) -> Result<Bmap, String> {
         .map(|t| t.trim().to_ascii_lowercase())
         .unwrap_or_default();
     let sha256 = major >= 2 && checksum_type == "sha256";
-    if sha256 {
-        if let Some(sum) = between(text, "<BmapFileChecksum>", "</BmapFileChecksum>") {
-            let sum = sum.trim();
-            let zeroed = text.replacen(sum, &"0".repeat(sum.len()), 1);
-            let actual = hex::encode(Sha256::digest(zeroed.as_bytes()));
-            if !actual.eq_ignore_ascii_case(sum) {
-                return Err(format!(
-                    "the file checksum does not match (recorded {sum}, computed {actual}): the file is damaged or was edited"
-                ));
-            }
+    if sha256 && let Some(sum) = between(text, "<BmapFileChecksum>", "</BmapFileChecksum>") {
+        let sum = sum.trim();
+        let zeroed = text.replacen(sum, &"0".repeat(sum.len()), 1);
+        let actual = hex::encode(Sha256::digest(zeroed.as_bytes()));
+        if !actual.eq_ignore_ascii_case(sum) {
+            return Err(format!(
+                "the file checksum does not match (recorded {sum}, computed {actual}): the file is damaged or was edited"
+            ));
         }
     }
     let map = between(&body, "<BlockMap>", "</BlockMap>").ok_or("no <BlockMap>")?;

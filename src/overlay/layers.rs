@@ -172,10 +172,10 @@ fn add(
         return Err(OverlayError::Cycle(path.join(" extends ")));
     }
     path.push(o.name.clone());
-    if let Some(parent) = &o.extends {
-        if !out.iter().any(|x| &x.name == parent) {
-            add(find(parent, role_dirs)?, role_dirs, out, path)?;
-        }
+    if let Some(parent) = &o.extends
+        && !out.iter().any(|x| &x.name == parent)
+    {
+        add(find(parent, role_dirs)?, role_dirs, out, path)?;
     }
     path.pop();
     out.push(o);

@@ -371,15 +371,15 @@ impl Overlay {
             message: e.to_string().replace('\n', " "),
         })?;
         for (i, e) in m.files.iter().enumerate() {
-            if let Some(t) = &e.template {
-                if !templates.contains_key(t) {
-                    return Err(OverlayError::MissingTemplate {
-                        overlay: m.name.clone(),
-                        index: i + 1,
-                        path: e.path.clone(),
-                        template: t.clone(),
-                    });
-                }
+            if let Some(t) = &e.template
+                && !templates.contains_key(t)
+            {
+                return Err(OverlayError::MissingTemplate {
+                    overlay: m.name.clone(),
+                    index: i + 1,
+                    path: e.path.clone(),
+                    template: t.clone(),
+                });
             }
         }
         Ok(Overlay {

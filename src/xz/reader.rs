@@ -145,10 +145,10 @@ impl Pages {
             page.copy_from_slice(&block[(a - start) as usize..(b - start) as usize]);
             self.map.insert(p, page);
             self.order.push_back(p);
-            if self.order.len() > PAGE_CACHE_BYTES / PAGE {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
+            if self.order.len() > PAGE_CACHE_BYTES / PAGE
+                && let Some(old) = self.order.pop_front()
+            {
+                self.map.remove(&old);
             }
         }
     }

@@ -40,7 +40,7 @@ pub fn stream_header(check: u8) -> [u8; 12] {
 /// The footer closing a stream announcing `check` whose index is `index_len` bytes; `None` when
 /// the index is too big for the footer to describe.
 pub fn stream_footer(check: u8, index_len: u64) -> Option<[u8; 12]> {
-    if index_len < 8 || index_len % 4 != 0 {
+    if index_len < 8 || !index_len.is_multiple_of(4) {
         return None;
     }
     let backward = u32::try_from(index_len / 4 - 1).ok()?;

@@ -147,10 +147,10 @@ impl Target for Faulty {
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.inner.read_at(offset, buf)?;
-        if let Fault::Corrupt(at) = self.fault {
-            if (offset..offset + buf.len() as u64).contains(&at) {
-                buf[(at - offset) as usize] ^= 0x40;
-            }
+        if let Fault::Corrupt(at) = self.fault
+            && (offset..offset + buf.len() as u64).contains(&at)
+        {
+            buf[(at - offset) as usize] ^= 0x40;
         }
         Ok(())
     }

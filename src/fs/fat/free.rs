@@ -31,7 +31,11 @@ pub fn free_ranges(part: &dyn ReadAt) -> io::Result<Option<Vec<Range<u64>>>> {
             12 => {
                 let at = (c * 3 / 2) as usize;
                 let v = le16(&fat, at);
-                if c % 2 == 0 { v & 0xfff } else { v >> 4 }
+                if c.is_multiple_of(2) {
+                    v & 0xfff
+                } else {
+                    v >> 4
+                }
             }
             16 => le16(&fat, (c * 2) as usize),
             _ => le32(&fat, (c * 4) as usize) & 0x0fff_ffff,

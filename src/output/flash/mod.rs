@@ -501,16 +501,16 @@ pub fn flash(
             progress.set(done);
         }
         let sum = hex::encode(sha.finalize());
-        if let Some(expected) = &r.sha256 {
-            if !expected.eq_ignore_ascii_case(&sum) {
-                progress.end();
-                return Err(FlashError::ImageMismatch {
-                    start: r.bytes.start,
-                    end: r.bytes.end,
-                    expected: expected.clone(),
-                    actual: sum,
-                });
-            }
+        if let Some(expected) = &r.sha256
+            && !expected.eq_ignore_ascii_case(&sum)
+        {
+            progress.end();
+            return Err(FlashError::ImageMismatch {
+                start: r.bytes.start,
+                end: r.bytes.end,
+                expected: expected.clone(),
+                actual: sum,
+            });
         }
         sums.push(sum);
     }

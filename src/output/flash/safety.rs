@@ -279,27 +279,27 @@ fn describe(disk: &Path, name: &str, bytes: Option<u64>) -> String {
 /// The sysfs directories of the whole disks the root filesystem lives on.
 fn system_disks(host: &Host) -> BTreeSet<PathBuf> {
     let mut start = Vec::new();
-    if let Some((maj, min)) = host.root_dev {
-        if let Ok(p) = std::fs::canonicalize(host.sys.join(format!("dev/block/{maj}:{min}"))) {
-            start.push(p);
-        }
+    if let Some((maj, min)) = host.root_dev
+        && let Ok(p) = std::fs::canonicalize(host.sys.join(format!("dev/block/{maj}:{min}")))
+    {
+        start.push(p);
     }
     // Roots on overlay or btrfs have no block device number: use the source of `/` instead.
-    if start.is_empty() {
-        if let Some(text) = read(&host.mountinfo) {
-            for line in text.lines() {
-                let fields: Vec<&str> = line.split(' ').collect();
-                if fields.get(4) != Some(&"/") {
-                    continue;
-                }
-                let Some(sep) = fields.iter().position(|f| *f == "-") else {
-                    continue;
-                };
-                if let Some(src) = fields.get(sep + 2).and_then(|s| s.strip_prefix("/dev/")) {
-                    if let Ok(p) = std::fs::canonicalize(host.sys.join("class/block").join(src)) {
-                        start.push(p);
-                    }
-                }
+    if start.is_empty()
+        && let Some(text) = read(&host.mountinfo)
+    {
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.get(4) != Some(&"/") {
+                continue;
+            }
+            let Some(sep) = fields.iter().position(|f| *f == "-") else {
+                continue;
+            };
+            if let Some(src) = fields.get(sep + 2).and_then(|s| s.strip_prefix("/dev/"))
+                && let Ok(p) = std::fs::canonicalize(host.sys.join("class/block").join(src))
+            {
+                start.push(p);
             }
         }
     }
