@@ -185,9 +185,24 @@ impl Cache {
         what: &str,
         progress: &dyn Progress,
     ) -> Result<File, AcquireError> {
+        self.lock(&sha256_hex(url.as_bytes())[..32], what, progress)
+    }
+
+    /// Hold the decoding of the download `key` into `images/` for this process alone, so that
+    /// processes started together decode a base once and the others take the cached image.
+    pub fn lock_decode(
+        &self,
+        key: &str,
+        what: &str,
+        progress: &dyn Progress,
+    ) -> Result<File, AcquireError> {
+        self.lock(&format!("decode-{key}"), what, progress)
+    }
+
+    fn lock(&self, name: &str, what: &str, progress: &dyn Progress) -> Result<File, AcquireError> {
         let dir = self.root.join("locks");
         fs::create_dir_all(&dir).map_err(|e| self.io("cannot create", &dir, e))?;
-        let path = dir.join(format!("{}.lock", &sha256_hex(url.as_bytes())[..32]));
+        let path = dir.join(format!("{name}.lock"));
         let file = fs::OpenOptions::new()
             .create(true)
             .write(true)

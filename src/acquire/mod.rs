@@ -21,6 +21,7 @@
 //!   tmp/<id>.part, tmp/<id>.part.json        a download in progress and its server validator
 //!                                            (resumed by the next run)
 //!   locks/<id>.lock                          held by the one process downloading that URL
+//!   locks/decode-<key>.lock                  held by the one process decoding that download
 //!   tmp/decode-*.img                         a decode in progress
 //! ```
 //!
@@ -625,13 +626,23 @@ fn decode_cached(
     mut verification: Verification,
     progress: &dyn Progress,
 ) -> Result<Acquired, AcquireError> {
-    if let Some(mut hit) = cached_image(cache, key, extract_sha256, &origin, verification.method) {
-        hit.verification.signature = verification.signature.take();
-        hit.verification.download_sha256_checked = verification.download_sha256_checked;
+    let cached = |verification: &mut Verification| {
+        cached_image(cache, key, extract_sha256, &origin, verification.method).map(|mut hit| {
+            hit.verification.signature = verification.signature.take();
+            hit.verification.download_sha256_checked = verification.download_sha256_checked;
+            hit
+        })
+    };
+    if let Some(hit) = cached(&mut verification) {
+        return Ok(hit);
+    }
+    let label = format!("decode {}", file_name(origin_text));
+    let _alone = cache.lock_decode(key, &label, progress)?;
+    // Whoever held the lock before may have decoded this very image.
+    if let Some(hit) = cached(&mut verification) {
         return Ok(hit);
     }
     let mut tmp = cache.temp_image()?;
-    let label = format!("decode {}", file_name(origin_text));
     progress.begin(&label, None);
     let decoded = compress::decode_hashed(
         src,

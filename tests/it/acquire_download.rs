@@ -248,9 +248,10 @@ fn simultaneous_downloads_of_one_url_share_one_download() {
     });
     let o = opts(&server, &cache);
     let url = server.url(IMG);
+    let steps = Steps::default();
     let results: Vec<_> = std::thread::scope(|s| {
         let runs: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| acquire::resolve(&url, &o, &Silent)))
+            .map(|_| s.spawn(|| acquire::resolve(&url, &o, &steps)))
             .collect();
         runs.into_iter()
             .map(|r| r.join().expect("no panic"))
@@ -261,6 +262,27 @@ fn simultaneous_downloads_of_one_url_share_one_download() {
         assert_eq!(std::fs::read(&a.image).unwrap(), raw);
     }
     assert_eq!(server.gets(IMG).len(), 1, "{:?}", server.gets(IMG));
+    let steps = steps.0.lock().unwrap();
+    let decodes = steps.iter().filter(|s| s.starts_with("decode ")).count();
+    assert_eq!(decodes, 1, "the base is decoded once: {steps:?}");
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with("waiting for another pibake")),
+        "a waiter says what it waits for: {steps:?}"
+    );
+}
+
+/// Records the name of every step begun, from any thread.
+#[derive(Default)]
+struct Steps(std::sync::Mutex<Vec<String>>);
+
+impl pibake::progress::Progress for Steps {
+    fn begin(&self, what: &str, _total: Option<u64>) {
+        self.0.lock().unwrap().push(what.to_string());
+    }
+    fn set(&self, _done: u64) {}
+    fn end(&self) {}
 }
 
 /// A download lock dies with its holder: a run waiting behind a process that is then killed
