@@ -41,11 +41,6 @@ fn refused(image: &Path, needle: &str) {
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }
 
-fn sh(cmd: &str) {
-    let s = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-    assert!(s.success(), "{cmd}");
-}
-
 #[test]
 fn not_an_image() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,27 +189,13 @@ fn a_bad_source_date_epoch_is_bad_input() {
     );
 }
 
-/// A copy of the bookworm fixture with its root partition replaced by what `make_root` writes
-/// into `fs` (a file of the partition's size), then `pibake build` on it must be refused with
+/// A copy of the bookworm fixture with its root partition changed by `make_root` (a shell
+/// command; `FS` names the partition's file), then `pibake build` on it must be refused with
 /// exit 2, an `error:` line containing `needle`, a `hint:` when `hint` is given, no output, and
 /// the base unchanged.
 fn build_refused(make_root: &str, needle: &str, hint: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.img");
-    sh(&format!(
-        "cp --sparse=always {} {}",
-        fixture("bookworm").display(),
-        base.display()
-    ));
-    let (off, len) = part(&expect("bookworm"), 2);
-    let fs = dir.path().join("root.fs");
-    extract(&base, off, len, &fs);
-    sh(&make_root.replace("FS", &fs.display().to_string()));
-    sh(&format!(
-        "dd if={} of={} bs=1M seek={off} oflag=seek_bytes conv=notrunc,sparse status=none",
-        fs.display(),
-        base.display()
-    ));
+    let base = fixture_with_root("bookworm", dir.path(), make_root);
     let before = sha256(&base);
     let out = dir.path().join("out.img");
     let o = pibake_in(&dir.path().join("cache"))

@@ -4,7 +4,6 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use pibake::disk::Image;
@@ -14,33 +13,13 @@ use pibake::fs::{FileOps, FsError, Meta, path};
 
 const CLOCK: i64 = 1_735_689_600;
 
-fn sh(cmd: &str) {
-    let s = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-    assert!(s.success(), "{cmd}");
-}
-
 /// A private copy of a fixture whose root partition went through `debugfs -w -R request`.
 fn with_root_changed(release: &str, dir: &Path, request: &str) -> PathBuf {
-    let img = dir.join(format!("{release}.img"));
-    sh(&format!(
-        "cp --sparse=always {} {}",
-        fixture(release).display(),
-        img.display()
-    ));
-    let (off, len) = part(&expect(release), 2);
-    let fs = dir.join("root.ext4");
-    extract(&img, off, len, &fs);
-    sh(&format!(
-        "debugfs -w -R '{request}' {} >/dev/null 2>&1",
-        fs.display()
-    ));
-    sh(&format!(
-        "dd if={} of={} bs=1M seek={} oflag=seek_bytes conv=notrunc,sparse status=none",
-        fs.display(),
-        img.display(),
-        off
-    ));
-    img
+    fixture_with_root(
+        release,
+        dir,
+        &format!("debugfs -w -R '{request}' FS >/dev/null 2>&1"),
+    )
 }
 
 fn open_root_rw(img: &Path) -> (Image, Result<Ext4, FsError>) {

@@ -260,6 +260,37 @@ pub fn part(expect: &serde_json::Value, index: u64) -> (u64, u64) {
     )
 }
 
+/// Run `cmd` with `sh -c`; it must succeed.
+pub fn sh(cmd: &str) {
+    let s = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .expect("run sh");
+    assert!(s.success(), "{cmd}");
+}
+
+/// A private copy `dir/RELEASE.img` of a fixture whose root partition went through `change`, a
+/// shell command in which `FS` names a file holding that partition.
+pub fn fixture_with_root(release: &str, dir: &Path, change: &str) -> PathBuf {
+    let img = dir.join(format!("{release}.img"));
+    sh(&format!(
+        "cp --sparse=always {} {}",
+        fixture(release).display(),
+        img.display()
+    ));
+    let (off, len) = part(&expect(release), 2);
+    let fs = dir.join("root.ext4");
+    extract(&img, off, len, &fs);
+    sh(&change.replace("FS", &fs.display().to_string()));
+    sh(&format!(
+        "dd if={} of={} bs=1M seek={off} oflag=seek_bytes conv=notrunc,sparse status=none",
+        fs.display(),
+        img.display()
+    ));
+    img
+}
+
 /// Copy a region of the (edited) disk into a sparse file for the external tools.
 pub fn dump(region: &pibake::disk::Region, out: &Path) {
     use std::io::{Seek, SeekFrom, Write};
