@@ -227,7 +227,12 @@ fn every_library_error_is_classified() {
     for (f, text) in &texts {
         let body = text.split("#[cfg(test)]").next().unwrap_or("");
         for part in body.split("thiserror::Error").skip(1) {
-            let Some(at) = part.find("enum ").or_else(|| part.find("struct ")) else {
+            // The item the derive is on: whichever of `enum` and `struct` comes first.
+            let Some(at) = ["enum ", "struct "]
+                .iter()
+                .filter_map(|k| part.find(k))
+                .min()
+            else {
                 continue;
             };
             let name: String = part[at..]

@@ -169,8 +169,7 @@ impl Cache {
 
     /// The partial-download file for `url` (stable across runs so that it can be resumed).
     pub fn partial_path(&self, url: &str) -> PathBuf {
-        self.tmp_dir()
-            .join(format!("{}.part", &sha256_hex(url.as_bytes())[..32]))
+        self.tmp_dir().join(format!("{}.part", url_id(url)))
     }
 
     /// Hold the download of `url` for this process alone until the returned file is dropped.
@@ -185,7 +184,7 @@ impl Cache {
         what: &str,
         progress: &dyn Progress,
     ) -> Result<File, AcquireError> {
-        self.lock(&sha256_hex(url.as_bytes())[..32], what, progress)
+        self.lock(&url_id(url), what, progress)
     }
 
     /// Hold the decoding of the download `key` into `images/` for this process alone, so that
@@ -542,6 +541,11 @@ fn make_read_only(path: &Path) {
         p.set_readonly(true);
         let _ = fs::set_permissions(path, p);
     }
+}
+
+/// The short name of a URL's files in the cache (its partial download, its lock).
+fn url_id(url: &str) -> String {
+    sha256_hex(url.as_bytes())[..32].to_string()
 }
 
 /// Lower-case hex SHA-256 of `bytes`.

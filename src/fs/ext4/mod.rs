@@ -84,19 +84,9 @@ fn ext4_err(op: &'static str, path: &str, e: fs_ext4::Error) -> FsError {
         E::IsADirectory => FsError::IsADirectory(p),
         E::AlreadyExists => FsError::AlreadyExists(p),
         E::DirectoryNotEmpty => FsError::NotEmpty(p),
-        E::NoSpaceLeftOnDevice => FsError::NoSpace {
-            partition: "root",
-            path: p,
-            needed: 0,
-            free: 0,
-        },
         // The driver calls running out of inodes "corrupt"; it is a full filesystem.
-        E::Corrupt(why) if why.contains("free inode") => FsError::NoSpace {
-            partition: "root",
-            path: p,
-            needed: 0,
-            free: 0,
-        },
+        E::NoSpaceLeftOnDevice => no_space(p),
+        E::Corrupt(why) if why.contains("free inode") => no_space(p),
         other => match damage(&other) {
             Some(detail) => FsError::Damaged {
                 op,
@@ -109,6 +99,15 @@ fn ext4_err(op: &'static str, path: &str, e: fs_ext4::Error) -> FsError {
                 detail: format!("{other:?}"),
             },
         },
+    }
+}
+
+fn no_space(path: String) -> FsError {
+    FsError::NoSpace {
+        partition: "root",
+        path,
+        needed: 0,
+        free: 0,
     }
 }
 
