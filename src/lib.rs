@@ -6,7 +6,7 @@
 //! and ext4 root filesystems through one trait; [`facts`] says what the image is; [`overlay`]
 //! loads roles and overlays, which are data; [`recipe`] checks a recipe against what they
 //! declare; [`plan`] turns recipe, facts and overlays into file operations; [`apply`] carries
-//! them out; [`output`] writes images and their extras; [`bake`] runs the whole job; [`cli`] is
+//! them out and [`scrub`] zeroes what they freed; [`output`] writes images and their extras; [`bake`] runs the whole job; [`cli`] is
 //! the command-line edge.
 
 pub mod acquire;
@@ -26,4 +26,5 @@ pub mod parallel;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
+pub mod scrub;
 pub mod xz;

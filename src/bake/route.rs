@@ -22,13 +22,13 @@ pub(super) fn apply_and_write(
     let xz = match (&p.image.xz, way) {
         (Some(xz), Way::XzPatch | Way::XzDecode | Way::ViaCache) => xz.clone(),
         _ => {
-            let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+            let report = edit(p)?;
             let written = crate::output::write(&p.image.disk, out, progress)?;
             return Ok((report, written, Route::Full));
         }
     };
     if way == Way::XzPatch {
-        let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+        let report = edit(p)?;
         let threads = crate::output::threads() as usize;
         let w = crate::output::xz_patch::write_patched(&xz, &p.image.disk, out, threads, progress)?;
         let route = Route::XzPatch {
@@ -51,7 +51,7 @@ pub(super) fn apply_and_write(
     if way == Way::XzDecode {
         // One pass over the base, trusting nothing: every block decoded and checked, the
         // changes laid over it, the result hashed.
-        let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+        let report = edit(p)?;
         let written = crate::output::raw::write_from_xz(&xz, &p.image.disk, out, progress)?;
         return Ok((report, written, Route::XzDecode { cached: false }));
     }
@@ -65,7 +65,7 @@ pub(super) fn apply_and_write(
             (copy, true)
         }
     };
-    let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+    let report = edit(p)?;
     let disk = &p.image.disk;
     let derived = cache::derived_key(&p.base_sha256, &disk.changes_digest());
     let known = p.cache.find_derived(&derived);
@@ -84,6 +84,14 @@ pub(super) fn apply_and_write(
         }
     };
     Ok((report, written, route))
+}
+
+/// Apply the plan, then clear what it freed, so no old bytes ship in the output.
+fn edit(p: &mut Prepared) -> anyhow::Result<crate::apply::Report> {
+    let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+    crate::scrub::zero_freed(&p.image)
+        .map_err(|e| anyhow::Error::from(e).context("cannot clear the space the edits freed"))?;
+    Ok(report)
 }
 
 /// SHA-256 of the built raw image, read through the copy-on-write layer (decoding an `.xz`

@@ -288,6 +288,17 @@ impl CowDisk {
     }
 }
 
+/// The layer is itself a device: readers of on-disk structures see the edited disk through it.
+impl BlockDev for CowDisk {
+    fn len(&self) -> u64 {
+        CowDisk::len(self)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        CowDisk::read_at(self, offset, buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,51 @@ pub trait ReadAt {
     fn read_at(&self, at: u64, buf: &mut [u8]) -> std::io::Result<()>;
 }
 
+/// A partition's bytes on a device (the base, or the base with its changes), for the readers of
+/// on-disk structures; reading past the partition's end is an error, not the next partition.
+pub struct Window<'a> {
+    dev: &'a dyn crate::disk::BlockDev,
+    offset: u64,
+    len: u64,
+}
+
+impl<'a> Window<'a> {
+    /// `len` bytes of `dev` from `offset`.
+    pub fn new(dev: &'a dyn crate::disk::BlockDev, offset: u64, len: u64) -> Self {
+        Self { dev, offset, len }
+    }
+}
+
+impl ReadAt for Window<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if at.saturating_add(buf.len() as u64) > self.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "filesystem structure past the partition end",
+            ));
+        }
+        self.dev.read_at(self.offset + at, buf)
+    }
+}
+
+/// Free byte ranges, relative to the partition, of the `kind` filesystem in `part`, as its own
+/// allocation maps record them; `None` for a filesystem (or layout) no map here models.
+pub fn free_ranges(
+    kind: crate::disk::FsKind,
+    part: &dyn ReadAt,
+) -> std::io::Result<Option<Vec<std::ops::Range<u64>>>> {
+    use crate::disk::FsKind;
+    match kind {
+        FsKind::Ext4 => ext4::free::free_ranges(part),
+        FsKind::Vfat => fat::free::free_ranges(part),
+        FsKind::Unknown => Ok(None),
+    }
+}
+
 use serde::Serialize;
 
 /// What kind of object a path names.

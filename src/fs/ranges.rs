@@ -1,4 +1,4 @@
-//! Byte-range algebra for free-space maps: merge, complement, subtract.
+//! Byte-range algebra for free-space maps: merge, complement, subtract, intersect.
 
 use std::ops::Range;
 
@@ -57,6 +57,24 @@ pub fn subtract(a: Vec<Range<u64>>, b: &[Range<u64>]) -> Vec<Range<u64>> {
     out
 }
 
+/// The bytes in both `a` and `b`, both normalized.
+pub fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (lo, hi) = (a[i].start.max(b[j].start), a[i].end.min(b[j].end));
+        if lo < hi {
+            out.push(lo..hi);
+        }
+        if a[i].end < b[j].end {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +95,11 @@ mod tests {
             subtract(vec![0..10, 20..30], &[2..3, 8..22, 29..40]),
             vec![0..2, 3..8, 22..29]
         );
+        assert_eq!(
+            intersect(&[0..10, 20..30], &[2..3, 8..22, 29..40]),
+            vec![2..3, 8..10, 20..22, 29..30]
+        );
+        let (a, b): (Vec<Range<u64>>, Vec<Range<u64>>) = (vec![0..5, 7..8], vec![5..7, 9..9]);
+        assert!(intersect(&a, &b).is_empty());
     }
 }

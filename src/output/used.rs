@@ -12,8 +12,8 @@
 use std::io;
 use std::ops::Range;
 
-use crate::disk::{CowDisk, FsKind, Image};
-use crate::fs::ReadAt;
+use crate::disk::Image;
+use crate::fs::Window;
 pub(crate) use crate::fs::ranges::{complement, normalize};
 
 /// Byte ranges of `image` that hold data, ascending, merged, not rounded.
@@ -21,16 +21,8 @@ pub(crate) fn data_ranges(image: &Image) -> io::Result<Vec<Range<u64>>> {
     let disk = &image.disk;
     let mut free = Vec::new();
     for p in &image.table.partitions {
-        let part = Part {
-            disk,
-            offset: p.offset(),
-            len: p.bytes(),
-        };
-        let found = match p.fs {
-            FsKind::Ext4 => crate::fs::ext4::free::free_ranges(&part)?,
-            FsKind::Vfat => crate::fs::fat::free::free_ranges(&part)?,
-            FsKind::Unknown => None,
-        };
+        let part = Window::new(&**disk, p.offset(), p.bytes());
+        let found = crate::fs::free_ranges(p.fs, &part)?;
         let at = p.offset();
         free.extend(
             found
@@ -40,27 +32,4 @@ pub(crate) fn data_ranges(image: &Image) -> io::Result<Vec<Range<u64>>> {
         );
     }
     Ok(complement(normalize(free), disk.len()))
-}
-
-/// A partition's bytes on the disk.
-struct Part<'a> {
-    disk: &'a CowDisk,
-    offset: u64,
-    len: u64,
-}
-
-impl ReadAt for Part<'_> {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn read_at(&self, at: u64, buf: &mut [u8]) -> io::Result<()> {
-        if at.saturating_add(buf.len() as u64) > self.len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "filesystem structure past the partition end",
-            ));
-        }
-        self.disk.read_at(self.offset + at, buf)
-    }
 }

@@ -22,4 +22,5 @@ mod inspect_cli;
 mod output_bmap;
 mod output_flash;
 mod output_formats;
+mod secrets;
 mod xz_patch;
