@@ -20,6 +20,8 @@
 //!   hashes/<id>.json                         SHA-256 of local files by path, size, mtime, inode
 //!   tmp/<id>.part, tmp/<id>.part.json        a download in progress and its server validator
 //!                                            (resumed by the next run)
+//!   locks/cache.lock                         shared by every process using the cache; held
+//!                                            alone by `cache clean` and `cache verify`
 //!   locks/<id>.lock                          held by the one process downloading that URL
 //!   locks/decode-<key>.lock                  held by the one process decoding that download
 //!   tmp/decode-*.img                         a decode in progress
@@ -230,7 +232,7 @@ pub fn resolve(
         None => None,
     };
     let source = Source::parse(source)?;
-    let cache = Cache::open(&opts.cache_dir)?;
+    let cache = Cache::open(&opts.cache_dir, progress)?;
     match source {
         Source::Local(path) => resolve_local(&path, wanted, &cache, progress),
         Source::Url(url) => resolve_url(&url, wanted, opts, &cache, progress),

@@ -51,7 +51,7 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         .or_else(|| v.base().map(str::to_string))
         .ok_or(NoBase)?;
     let mut base = resolve_base(&base_name, &opts.recipe);
-    let cache = Cache::open(&opts.acquire.cache_dir)?;
+    let cache = Cache::open(&opts.acquire.cache_dir, progress)?;
     let (epoch, epoch_source) = epoch(opts, &v)?;
     let local = base.exists();
     if !local {

@@ -1,4 +1,4 @@
-//! `pibake cache ls` and `pibake cache clean`.
+//! `pibake cache ls`, `pibake cache verify` and `pibake cache clean`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,7 +20,16 @@ pub struct Args {
 pub enum CacheCommand {
     /// List cached images, downloads and partial downloads.
     Ls,
+    /// Hash every cached file again and remove those that do not match their record.
+    ///
+    /// Waits until no other pibake is using the cache. Damaged downloads and images, and files a
+    /// killed process left without their record, are removed (and listed); the next build
+    /// fetches or decodes them again.
+    Verify,
     /// Delete cached files (all of them, or those unused for some days).
+    ///
+    /// Waits until no other pibake is using the cache, so nothing a running build reads is
+    /// removed from under it.
     Clean {
         /// Only delete what has not been used for this many days.
         #[arg(long, value_name = "DAYS")]
@@ -29,10 +38,35 @@ pub enum CacheCommand {
 }
 
 /// Run `pibake cache ...`.
-pub fn run(args: &Args, _ui: &super::Ui) -> anyhow::Result<()> {
+pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
     let dir = args.cache_dir.clone().unwrap_or_else(cache::default_dir);
-    let cache = Cache::open(&dir)?;
+    let progress = ui.progress.as_ref();
+    let cache = match args.command {
+        CacheCommand::Ls => Cache::open(&dir, progress)?,
+        CacheCommand::Verify | CacheCommand::Clean { .. } => Cache::open_exclusive(&dir, progress)?,
+    };
     match &args.command {
+        CacheCommand::Verify => {
+            let r = cache.verify(progress)?;
+            for (path, why) in &r.dropped {
+                println!("removed   {}: {why}", path.display());
+            }
+            for path in &r.unchecked {
+                println!(
+                    "unchecked {}: no recorded hash and its source is gone",
+                    path.display()
+                );
+            }
+            println!(
+                "verified {} entries ({} read): {} good, {} removed, {} unchecked, in {}",
+                r.good + r.dropped.len() + r.unchecked.len(),
+                super::os::human_size(r.bytes),
+                r.good,
+                r.dropped.len(),
+                r.unchecked.len(),
+                dir.display()
+            );
+        }
         CacheCommand::Ls => {
             let entries = cache.list();
             println!("cache: {}", dir.display());

@@ -55,7 +55,7 @@ enum Command {
     Fetch(fetch::Args),
     /// The Raspberry Pi OS list (`pibake os list`).
     Os(os::Args),
-    /// The download and image cache (`pibake cache ls|clean`).
+    /// The download and image cache (`pibake cache ls|verify|clean`).
     Cache(cache::Args),
     /// Write an image to a card (only mapped blocks), then read it back and compare.
     Flash(flash::Args),

@@ -176,7 +176,7 @@ fn cache_lists_and_cleans() {
     let p = dir.path().join("base.img.xz");
     std::fs::write(&p, xz(&image(1 << 20, 5))).unwrap();
     acquire::resolve(p.to_str().unwrap(), &opts(cache.path()), &Silent).unwrap();
-    let c = Cache::open(cache.path()).unwrap();
+    let c = Cache::open_exclusive(cache.path(), &Silent).unwrap();
     let list = c.list();
     assert_eq!(
         list.iter().filter(|e| e.kind == "image").count(),

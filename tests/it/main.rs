@@ -16,6 +16,7 @@ mod bad_input;
 mod build_master;
 mod build_outputs;
 mod build_routes;
+mod cache_shared;
 mod fs_edits;
 mod fs_gates;
 mod inspect_cli;

@@ -6,20 +6,31 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+mod lock;
+mod verify;
+
+use lock::{Mode, lock_file};
+pub use verify::VerifyReport;
 
 use super::Verification;
 use super::error::AcquireError;
 use crate::compress::Compression;
 use crate::progress::Progress;
 
-/// The cache directory.
+/// The cache directory, held open: while any `Cache` of a process lives, `cache clean` in
+/// another waits (see [`Cache::open`]).
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// The lock on `locks/cache.lock`: shared for every user, exclusive for `cache clean`.
+    _hold: Arc<File>,
+    exclusive: bool,
 }
 
 /// What is recorded beside a decoded image.
@@ -142,14 +153,36 @@ pub(crate) fn now_secs() -> u64 {
 }
 
 impl Cache {
-    /// Use (and create if needed) the cache at `root`.
-    pub fn open(root: &Path) -> Result<Self, AcquireError> {
-        for d in SUBDIRS {
+    /// Use (and create if needed) the cache at `root`, sharing it with other processes.
+    ///
+    /// Every user holds a shared lock on the whole cache for as long as it lives, so that
+    /// `cache clean` (which takes it alone, [`Cache::open_exclusive`]) never removes a file a
+    /// running build is reading or about to read. Users never wait for each other here, only
+    /// for a clean in progress; the per-download and per-decode locks order them beyond that.
+    pub fn open(root: &Path, progress: &dyn Progress) -> Result<Self, AcquireError> {
+        Self::open_as(root, Mode::Shared, progress)
+    }
+
+    /// Open the cache at `root` for this process alone, waiting (and saying so) until every
+    /// other process using it has finished. [`Cache::clean`] needs it.
+    pub fn open_exclusive(root: &Path, progress: &dyn Progress) -> Result<Self, AcquireError> {
+        Self::open_as(root, Mode::Exclusive, progress)
+    }
+
+    fn open_as(root: &Path, mode: Mode, progress: &dyn Progress) -> Result<Self, AcquireError> {
+        for d in SUBDIRS.iter().chain(&["locks"]) {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| AcquireError::io("cannot create", &p, root, e))?;
         }
+        let what = match mode {
+            Mode::Shared => "`pibake cache clean`",
+            Mode::Exclusive => "the builds using this cache",
+        };
+        let hold = lock_file(root, &root.join("locks/cache.lock"), mode, what, progress)?;
         Ok(Cache {
             root: root.to_path_buf(),
+            _hold: Arc::new(hold),
+            exclusive: mode == Mode::Exclusive,
         })
     }
 
@@ -199,32 +232,8 @@ impl Cache {
     }
 
     fn lock(&self, name: &str, what: &str, progress: &dyn Progress) -> Result<File, AcquireError> {
-        let dir = self.root.join("locks");
-        fs::create_dir_all(&dir).map_err(|e| self.io("cannot create", &dir, e))?;
-        let path = dir.join(format!("{name}.lock"));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| self.io("cannot create", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                progress.begin(
-                    &format!(
-                        "waiting for another pibake to finish: {what} (lock {})",
-                        path.display()
-                    ),
-                    None,
-                );
-                let locked = file.lock();
-                progress.end();
-                locked.map_err(|e| self.io("cannot lock", &path, e))?;
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(self.io("cannot lock", &path, e)),
-        }
-        Ok(file)
+        let path = self.root.join("locks").join(format!("{name}.lock"));
+        lock_file(&self.root, &path, Mode::Exclusive, what, progress)
     }
 
     fn download_path(&self, sha: &str, ext: &str) -> PathBuf {
@@ -457,8 +466,13 @@ impl Cache {
         out
     }
 
-    /// Remove entries not used for `older_than` (everything when `None`).
+    /// Remove entries not used for `older_than` (everything when `None`). The cache must have
+    /// been opened with [`Cache::open_exclusive`], so nothing removed is in use.
     pub fn clean(&self, older_than: Option<Duration>) -> Result<CleanReport, AcquireError> {
+        debug_assert!(
+            self.exclusive,
+            "clean needs the cache opened for this process alone"
+        );
         let mut report = CleanReport::default();
         let now = SystemTime::now();
         for sub in SUBDIRS {
