@@ -38,6 +38,15 @@ impl crate::error::Classify for ApplyError {
             crate::error::Kind::Environment
         }
     }
+
+    /// The filesystem's advice (e.g. run e2fsck on a damaged root) reaches the user through the
+    /// operation that met the damage.
+    fn hint(&self) -> Option<String> {
+        match self.source.as_ref() {
+            EditError::Fs(e) => e.hint(),
+            _ => None,
+        }
+    }
 }
 
 /// What applying did, per operation: true where something was written.

@@ -112,6 +112,21 @@ pub enum PartitionError {
         /// Image length.
         len: u64,
     },
+    /// Two partitions share sectors, or one covers the partition table itself: editing one
+    /// would write into the other.
+    #[error(
+        "partition {index} (sectors {start}..{end}) overlaps {other}; the partition table is damaged or crafted, and pibake will not edit a partition whose sectors belong to another"
+    )]
+    Overlap {
+        /// Partition number.
+        index: u32,
+        /// Its first sector.
+        start: u64,
+        /// The sector after its last.
+        end: u64,
+        /// What it overlaps: another partition, or the table.
+        other: String,
+    },
     /// A GPT header or entry array that does not check out.
     #[error("the GPT is unreadable: {0}")]
     BadGpt(String),
@@ -182,8 +197,12 @@ pub fn read(disk: &Region) -> Result<PartitionTable, PartitionError> {
     if table.partitions.is_empty() {
         return Err(PartitionError::Empty);
     }
-    for p in &mut table.partitions {
-        let end = p.offset().saturating_add(p.bytes());
+    for p in &table.partitions {
+        let end = p
+            .start
+            .checked_add(p.sectors)
+            .and_then(|e| e.checked_mul(SECTOR))
+            .unwrap_or(u64::MAX);
         if end > len || p.sectors == 0 {
             return Err(PartitionError::PastEnd {
                 index: p.index,
@@ -191,11 +210,57 @@ pub fn read(disk: &Region) -> Result<PartitionTable, PartitionError> {
                 len,
             });
         }
+    }
+    check_overlaps(&table)?;
+    for p in &mut table.partitions {
         let (fs, label) = probe(disk, p.offset(), p.bytes())?;
         p.fs = fs;
         p.label = label;
     }
     Ok(table)
+}
+
+/// Refuse partitions that share sectors with each other or with the table (sector 0 for an MBR;
+/// sectors 0-33 at least for a GPT, whose own header says where its usable area starts, which
+/// gptman has checked the entries against).
+fn check_overlaps(table: &PartitionTable) -> Result<(), PartitionError> {
+    // An MBR extended partition is a container: the logical partitions lie inside it.
+    let container = |p: &&Partition| {
+        table.kind == TableKind::Mbr && matches!(p.type_id.as_str(), "0x05" | "0x0f" | "0x85")
+    };
+    let mut spans: Vec<(u64, u64, u32)> = table
+        .partitions
+        .iter()
+        .filter(|p| !container(p))
+        .map(|p| (p.start, p.start + p.sectors, p.index))
+        .collect();
+    spans.sort_unstable();
+    let table_end = match table.kind {
+        TableKind::Mbr => 1,
+        TableKind::Gpt => 34,
+    };
+    if let Some(&(start, end, index)) = spans.first()
+        && start < table_end
+    {
+        return Err(PartitionError::Overlap {
+            index,
+            start,
+            end,
+            other: "the partition table".into(),
+        });
+    }
+    for w in spans.windows(2) {
+        let ((_, a_end, a), (start, end, index)) = (w[0], w[1]);
+        if start < a_end {
+            return Err(PartitionError::Overlap {
+                index,
+                start,
+                end,
+                other: format!("partition {a}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn read_gpt(disk: &Region) -> Result<PartitionTable, PartitionError> {

@@ -219,12 +219,20 @@ impl Staged {
             use std::os::unix::fs::PermissionsExt;
             builder.permissions(std::fs::Permissions::from_mode(0o666));
         }
+        #[cfg(unix)]
+        sweep_stale(&dir);
         let tmp = builder
             .tempfile_in(&dir)
             .map_err(|source| OutputError::Create {
                 path: dest.to_path_buf(),
                 source,
             })?;
+        // Held while the file is being written, so a later run can tell a partial output of a
+        // live process from one a killed process left (see `sweep_stale`). A filesystem without
+        // locks only loses that sweep. Unix only: Windows locks are mandatory and would refuse
+        // the writes made through the file's second handle.
+        #[cfg(unix)]
+        let _ = tmp.as_file().try_lock();
         Ok(Self {
             dest: dest.to_path_buf(),
             tmp,
@@ -267,6 +275,45 @@ impl Staged {
             source: e.error,
         })?;
         Ok(())
+    }
+}
+
+#[cfg(unix)]
+/// How old an unlocked partial output must be before it is taken for a killed process's: far
+/// longer than a writer takes between creating its file and locking it.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Remove the partial outputs in `dir` that killed processes left: `.pibake-*.partial` files
+/// that nobody holds locked and that have not been written for a while. A SIGKILL (or a power
+/// cut) skips every destructor, and a CI job retried after a timeout would otherwise pile up
+/// images of gigabytes. Failures are ignored: this is tidying, not correctness.
+#[cfg(unix)]
+fn sweep_stale(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".pibake-") && name.ends_with(".partial")) {
+            continue;
+        }
+        let path = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if !old {
+            continue;
+        }
+        let Ok(f) = File::options().write(true).open(&path) else {
+            continue;
+        };
+        if f.try_lock().is_ok() {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 

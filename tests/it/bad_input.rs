@@ -190,19 +190,24 @@ fn a_bad_source_date_epoch_is_bad_input() {
 }
 
 /// A copy of the bookworm fixture with its root partition changed by `make_root` (a shell
-/// command; `FS` names the partition's file), then `pibake build` on it must be refused with
-/// exit 2, an `error:` line containing `needle`, a `hint:` when `hint` is given, no output, and
-/// the base unchanged.
+/// command; `FS` names the partition's file) must be refused by `pibake build` as
+/// [`build_of_refused`] says.
 fn build_refused(make_root: &str, needle: &str, hint: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture_with_root("bookworm", dir.path(), make_root);
-    let before = sha256(&base);
-    let out = dir.path().join("out.img");
-    let o = pibake_in(&dir.path().join("cache"))
+    build_of_refused(&base, dir.path(), needle, hint);
+}
+
+/// `pibake build` on `base` must be refused with exit 2, an `error:` line containing `needle`
+/// and no debug text, a `hint:` when `hint` is given, no output, and the base unchanged.
+pub(crate) fn build_of_refused(base: &Path, dir: &Path, needle: &str, hint: Option<&str>) {
+    let before = sha256(base);
+    let out = dir.join("out.img");
+    let o = pibake_in(&dir.join("cache"))
         .arg("build")
-        .arg(write_recipe(dir.path(), &minimal_recipe("refused")))
+        .arg(write_recipe(dir, &minimal_recipe("refused")))
         .arg("--base")
-        .arg(&base)
+        .arg(base)
         .arg("-o")
         .arg(&out)
         .output()
@@ -223,7 +228,7 @@ fn build_refused(make_root: &str, needle: &str, hint: Option<&str>) {
         );
     }
     assert!(!out.exists(), "a refused build writes no output");
-    assert_eq!(sha256(&base), before, "the base was modified");
+    assert_eq!(sha256(base), before, "the base was modified");
 }
 
 /// Found by a user: an ext3 root passed the feature gate and failed at the first write with the
