@@ -7,12 +7,17 @@
 //! applied, every byte that is free now and either held data in the base or was written by this
 //! build is set to zero. Free space the base already had is left as it came: Raspberry Pi OS
 //! zero-fills it before publishing, and reading it all would cost a pass over the image.
+//!
+//! The ext4 journal is the other place old bytes stay: the driver copies every block it writes
+//! into the journal's log before writing it home. Once the journal is clean that log is never
+//! read again, so the blocks of it this build wrote are zeroed too; the previous build's copies
+//! were zeroed by that build, so a log that started out zero stays zero.
 
 use std::io;
 use std::ops::Range;
 
 use crate::disk::cow::CHUNK;
-use crate::disk::{CowDisk, Image};
+use crate::disk::{CowDisk, FsKind, Image};
 use crate::fs::Window;
 use crate::fs::ranges::{complement, intersect, normalize};
 
@@ -35,18 +40,34 @@ pub fn zero_freed(image: &Image) -> io::Result<u64> {
         let Some(before) = crate::fs::free_ranges(p.fs, &Window::new(&*base, at, len))? else {
             continue;
         };
+        let written: Vec<Range<u64>> = changed
+            .iter()
+            .map(|r| r.start.max(at) - at..r.end.min(at + len).saturating_sub(at))
+            .filter(|r| r.start < r.end)
+            .collect();
         let mut held = complement(normalize(before), len);
-        held.extend(
-            changed
-                .iter()
-                .map(|r| r.start.max(at) - at..r.end.min(at + len).saturating_sub(at))
-                .filter(|r| r.start < r.end),
-        );
-        for r in intersect(&normalize(after), &normalize(held)) {
+        held.extend(written.iter().cloned());
+        let mut clear = intersect(&normalize(after), &normalize(held));
+        if p.fs == FsKind::Ext4 {
+            clear.extend(intersect(&journal_log(image, p)?, &written));
+        }
+        for r in normalize(clear) {
             zeroed += zero(disk, at + r.start..at + r.end)?;
         }
     }
     Ok(zeroed)
+}
+
+/// The idle journal log of the ext4 in `p`, or nothing when there is none to clear (no journal,
+/// one that may still be replayed, or one whose map cannot be read: the build is not refused
+/// for what only this tidying needs).
+fn journal_log(image: &Image, p: &crate::disk::Partition) -> io::Result<Vec<Range<u64>>> {
+    let region = image.region(p, false)?;
+    let log = crate::fs::ext4::Ext4::open(region, 0)
+        .and_then(|fs| fs.idle_journal_log())
+        .ok()
+        .flatten();
+    Ok(log.unwrap_or_default())
 }
 
 /// Clear `r` on `disk`, writing only the chunk-aligned pieces that hold something.

@@ -29,6 +29,7 @@ use fs_ext4::runtime::Runtime;
 
 pub mod features;
 pub mod free;
+mod journal;
 mod layout;
 
 use super::path::{components, parent_and_name};
