@@ -59,10 +59,13 @@ enum Command {
     Cache(cache::Args),
     /// Write an image to a card (only mapped blocks), then read it back and compare.
     Flash(flash::Args),
+    /// A whole cluster from one inventory file (`pibake cluster plan cluster.toml`).
+    Cluster(cluster::Args),
 }
 
 mod bake;
 pub mod cache;
+mod cluster;
 pub mod fetch;
 mod files;
 mod flash;
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Os(a) => os::run(a, &ui),
         Command::Cache(a) => cache::run(a, &ui),
         Command::Flash(a) => flash::run(a, &ui),
+        Command::Cluster(a) => cluster::run(a, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

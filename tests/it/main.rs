@@ -17,6 +17,7 @@ mod build_master;
 mod build_outputs;
 mod build_routes;
 mod cache_shared;
+mod cluster_plan;
 mod fs_edits;
 mod fs_gates;
 mod hostile;
