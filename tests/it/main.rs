@@ -16,6 +16,7 @@ mod bad_input;
 mod build_master;
 mod build_outputs;
 mod build_routes;
+mod build_worker;
 mod cache_shared;
 mod cluster_plan;
 mod fs_edits;
