@@ -38,6 +38,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::item::{Item, Mixed};
+use crate::overlay::{is_label, parse_interface};
 use crate::recipe::RecipeError;
 
 /// A recipe section as written: field name to value, each with where it is in the file.
@@ -249,7 +250,7 @@ pub fn parse(file: &str, text: &str, lan_defaults: &LanDefaults) -> Result<Inven
         Some(v) => (r.string(v, "network.address")?, v.span()),
         None => (lan_defaults.address.clone(), 0..0),
     };
-    let (master_address, prefix) = parse_cidr(&address_text)
+    let (master_address, prefix) = parse_interface(&address_text)
         .ok_or_else(|| r.err(address_span.clone(), format!("network.address {address_text:?} is not an address with a prefix length such as \"192.168.5.1/24\"")))?;
     let lan = (network_of(master_address, prefix), prefix);
     let pool = match net.and_then(|n| n.get("dhcp_range")) {
@@ -499,12 +500,10 @@ fn merge(
     out
 }
 
-/// Usable host addresses (not the network or broadcast address) of `net/prefix`, as numbers.
+/// Usable host addresses (not the network or broadcast address) of `net/prefix`, as numbers;
+/// `prefix` is at most 30, as `parse_interface` ensures.
 fn host_range(net: Ipv4Addr, prefix: u8) -> Range<u32> {
     let n = u32::from(net);
-    if prefix >= 31 {
-        return n..n.saturating_add(1u32 << (32 - u32::from(prefix)));
-    }
     let size = 1u32 << (32 - u32::from(prefix));
     n + 1..n + size - 1
 }
@@ -516,21 +515,6 @@ fn network_of(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
         u32::MAX << (32 - u32::from(prefix))
     };
     Ipv4Addr::from(u32::from(a) & mask)
-}
-
-fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (a, p) = s.split_once('/')?;
-    let p: u8 = p.parse().ok().filter(|p| *p <= 32)?;
-    Some((a.parse().ok()?, p))
-}
-
-/// An RFC 1123 label: letters, digits and inner hyphens, 1 to 63 characters.
-fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 fn checked_hostname(r: &Reader<'_>, v: &Spanned<toml::Value>) -> Result<String, RecipeError> {

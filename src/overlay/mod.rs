@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use expr::{Environment, environment};
 pub use layers::{Input, Layers, Schema, Stack};
-pub use types::Type;
+pub use types::{Type, is_label, parse_interface};
 
 static BUILT_IN: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/overlays");
 

@@ -69,7 +69,8 @@ fn string<'a>(field: &str, v: &'a Value) -> Result<&'a str, String> {
     }
 }
 
-fn is_label(s: &str) -> bool {
+/// An RFC 1123 host-name label: letters, digits and inner hyphens, 1 to 63 characters.
+pub fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
