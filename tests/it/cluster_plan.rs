@@ -78,3 +78,85 @@ fn a_conflict_is_refused_at_its_line_with_exit_code_2() {
     assert!(err.contains(&line), "{err}");
     assert!(out.is_empty(), "{out}");
 }
+
+/// What the plan shows, given to the nodes' recipes as `[cluster]`, lands where each reads it:
+/// the master's dnsmasq (domain, local names, reservations; `dnsmasq --test` accepts it) and
+/// every node's `/etc/hosts`. A recipe without `[cluster]` gets none of it.
+#[test]
+fn master_and_worker_recipes_carry_the_cluster_into_the_image() {
+    use crate::common::{debugfs_cat, expect, extract, fixture, part, pibake_in, test_cache};
+    let tmp = tempfile::tempdir().unwrap();
+    let hosts = "hosts = [\"192.168.5.1\\tmaster.lab.lan master\", \"192.168.5.101\\tnode01.lab.lan node01\"]\n";
+    let master = format!(
+        "[node]\nhostname = \"master\"\n[user]\nname = \"pi\"\npassword = \"pw-for-tests\"\n\
+         [cluster]\ndomain = \"lab.lan\"\n{hosts}\
+         reservations = [\"dc:a6:32:01:36:c2,node01,192.168.5.101\", \"node02,192.168.5.102\"]\n"
+    );
+    let worker = format!(
+        "[node]\nhostname = \"node01\"\nrole = \"worker\"\n[user]\nname = \"pi\"\npassword = \"pw-for-tests\"\n\
+         [cluster]\ndomain = \"lab.lan\"\n{hosts}"
+    );
+    let base = fixture("bookworm");
+    let e = expect("bookworm");
+    let (ro, rl) = part(&e, 2);
+    let root_of = |name: &str, recipe: &str| {
+        let r = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&r, recipe).unwrap();
+        let out = tmp.path().join(format!("{name}.img"));
+        let o = pibake_in(&test_cache())
+            .args([
+                "build",
+                r.to_str().unwrap(),
+                "--base",
+                base.to_str().unwrap(),
+                "-o",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let root = tmp.path().join(format!("{name}.root"));
+        extract(&out, ro, rl, &root);
+        crate::common::assert_e2fsck_clean(&root);
+        root
+    };
+    let cat = |root: &std::path::Path, p: &str| String::from_utf8(debugfs_cat(root, p)).unwrap();
+
+    let m = root_of("master", &master);
+    let conf = cat(&m, "/etc/pibake/dnsmasq.conf");
+    for want in [
+        "domain=lab.lan\nexpand-hosts\nlocal=/lab.lan/\n",
+        "dhcp-host=dc:a6:32:01:36:c2,node01,192.168.5.101\n",
+        "dhcp-host=node02,192.168.5.102\n",
+    ] {
+        assert!(conf.contains(want), "no {want:?} in\n{conf}");
+    }
+    let f = tmp.path().join("dnsmasq.conf");
+    std::fs::write(&f, &conf).unwrap();
+    let o = Command::new("dnsmasq")
+        .args(["--test", "-C", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let w = root_of("worker", &worker);
+    for root in [&m, &w] {
+        let h = cat(root, "/etc/hosts");
+        assert!(
+            h.contains(
+                "192.168.5.1\tmaster.lab.lan master\n192.168.5.101\tnode01.lab.lan node01\n"
+            ),
+            "{h}"
+        );
+    }
+    // Without [cluster], nothing of it.
+    let plain = root_of(
+        "plain",
+        "[node]\nhostname = \"m\"\n[user]\nname = \"pi\"\npassword = \"pw-for-tests\"\n",
+    );
+    assert!(!cat(&plain, "/etc/pibake/dnsmasq.conf").contains("dhcp-host"));
+    assert!(!cat(&plain, "/etc/hosts").contains("pibake cluster"));
+}
