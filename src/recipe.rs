@@ -114,6 +114,28 @@ impl Document {
         }
     }
 
+    /// A recipe assembled from sections read elsewhere (a cluster inventory): `text` is the
+    /// file the values' spans point into, so errors name its lines. A section's own span is its
+    /// first field's.
+    pub fn from_sections(
+        file: &str,
+        text: &str,
+        sections: BTreeMap<String, BTreeMap<String, Spanned<toml::Value>>>,
+    ) -> Self {
+        let sections = sections
+            .into_iter()
+            .map(|(name, fields)| {
+                let span = fields.values().next().map_or(0..0, |v| v.span());
+                (name, Spanned::new(span, fields))
+            })
+            .collect();
+        Document {
+            file: file.to_string(),
+            text: text.to_string(),
+            sections,
+        }
+    }
+
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> RecipeError {
         // A default value has an empty span at 0: point at the top of the file.
         let (line, column) = line_col(&self.text, span.start);

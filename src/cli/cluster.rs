@@ -46,6 +46,11 @@ pub fn run(args: &Args, _ui: &super::Ui) -> anyhow::Result<()> {
                 &text,
                 &cluster::lan_defaults(&layers),
             )?;
+            // Every node's recipe is checked against its role, as a build would.
+            for node in inv.nodes() {
+                let layers = Layers::resolve(&node.role, roles, &[])?;
+                inv.recipe(node, &text).validate(&layers)?;
+            }
             print!("{}", inv.render());
         }
     }

@@ -42,6 +42,34 @@ impl Inventory {
             .collect()
     }
 
+    /// The recipe of `node`: the inventory's sections for it, its `[node]` host name and role,
+    /// and `[cluster]` with the domain, every node's `/etc/hosts` line and (for the master) the
+    /// reservations. Values from the inventory keep their place in it, for errors.
+    pub fn recipe(&self, node: &Node, text: &str) -> crate::recipe::Document {
+        use toml::{Spanned, Value};
+        let made = |v: Value| Spanned::new(0..0, v);
+        let strings =
+            |v: Vec<String>| made(Value::Array(v.into_iter().map(Value::String).collect()));
+        let mut sections = node.sections.clone();
+        let n = sections.entry("node".into()).or_default();
+        n.insert(
+            "hostname".into(),
+            made(Value::String(node.hostname.clone())),
+        );
+        n.insert("role".into(), made(Value::String(node.role.clone())));
+        let c = sections.entry("cluster".into()).or_default();
+        c.insert("domain".into(), made(Value::String(self.domain.clone())));
+        c.insert("hosts".into(), strings(self.hosts_lines()));
+        if node.role == "master" {
+            let values = self.reservations();
+            let values = values
+                .iter()
+                .map(|r| r.trim_start_matches("dhcp-host=").to_string());
+            c.insert("reservations".into(), strings(values.collect()));
+        }
+        crate::recipe::Document::from_sections(&self.file, text, sections)
+    }
+
     /// The plan as text: the cluster, each node's identity, and what they learn of each other.
     pub fn render(&self) -> String {
         let mut s = String::new();

@@ -160,3 +160,31 @@ fn master_and_worker_recipes_carry_the_cluster_into_the_image() {
     assert!(!cat(&plain, "/etc/pibake/dnsmasq.conf").contains("dhcp-host"));
     assert!(!cat(&plain, "/etc/hosts").contains("pibake cluster"));
 }
+
+/// Each node's recipe sections are checked against its role, as its build would check them,
+/// with the error at the inventory's line.
+#[test]
+fn node_settings_are_checked_against_their_role_at_the_inventory_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[master.wifi]\nssid = \"up\"\npsk = \"short\"\ncountry = \"GB\"\n",
+            "3:7: Wi-Fi psk must be 8 to 63 characters",
+        ),
+        (
+            "[[worker]]\nhostname = \"n1\"\n[worker.network]\ndhcp_range = [\"192.168.5.2\", \"192.168.5.9\"]\n",
+            "4:14: unknown field `dhcp_range` in [network]",
+        ),
+        (
+            "[defaults.user]\nname = \"root\"\n[[worker]]\nhostname = \"n1\"\n",
+            "2:8:",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let inv = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&inv, text).unwrap();
+        let (code, _, err) = plan(&inv);
+        assert_eq!(code, 2, "{text}\n{err}");
+        assert!(err.contains(&format!("c{i}.toml:{want}")), "{text}\n{err}");
+    }
+}
