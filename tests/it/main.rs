@@ -18,6 +18,7 @@ mod build_outputs;
 mod build_routes;
 mod fs_edits;
 mod fs_gates;
+mod fuzz_corpus;
 mod inspect_cli;
 mod output_bmap;
 mod output_flash;
