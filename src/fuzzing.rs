@@ -13,8 +13,11 @@ use std::sync::Arc;
 use crate::disk::{BlockDev, CowDisk, Region};
 use crate::fs::{FileOps, Meta, ReadAt};
 
+/// A fuzz target: any bytes in, nothing out, no panic.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/` call it.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("partition", partition),
     ("xz_index", xz_index),
     ("xz_block", xz_block),
@@ -182,7 +185,8 @@ pub fn xz_block(data: &[u8]) {
     }
     let at = usize::from(head[5]) * edited.len() / 256;
     edited[at] ^= 0x5a;
-    let _ = crate::xz::splice(raw, check, &edited, &[at..at + 1]);
+    let changed: Vec<std::ops::Range<usize>> = std::iter::once(at..at + 1).collect();
+    let _ = crate::xz::splice(raw, check, &edited, &changed);
 }
 
 /// The LZMA2 chunk parser the splicer uses to find what it can keep.
