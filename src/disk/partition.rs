@@ -145,6 +145,7 @@ pub fn read(disk: &Region) -> Result<PartitionTable, PartitionError> {
     if sector0[510..512] != [0x55, 0xaa] {
         return Err(PartitionError::NoSignature);
     }
+    check_primaries(&sector0)?;
     let mut cursor = disk.clone();
     let mbr = mbrman::MBR::read_from(&mut cursor, SECTOR as u32)
         .map_err(|e| PartitionError::BadMbr(e.to_string()))?;
@@ -196,6 +197,21 @@ pub fn read(disk: &Region) -> Result<PartitionTable, PartitionError> {
         p.label = label;
     }
     Ok(table)
+}
+
+/// Refuse a used primary entry that starts at sector 0, on top of the table itself, before
+/// `mbrman` sees it: its alignment guess panics when every used partition starts there.
+fn check_primaries(sector0: &[u8; SECTOR as usize]) -> Result<(), PartitionError> {
+    for (i, e) in sector0[446..510].chunks_exact(16).enumerate() {
+        let (sys, lba) = (e[4], u32::from_le_bytes([e[8], e[9], e[10], e[11]]));
+        if sys != 0 && lba == 0 {
+            return Err(PartitionError::BadMbr(format!(
+                "partition {} starts at sector 0, over the partition table",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn read_gpt(disk: &Region) -> Result<PartitionTable, PartitionError> {

@@ -378,11 +378,16 @@ impl FileOps for Ext4 {
                 });
             }
         }
-        let len = usize::try_from(st.size).map_err(|_| FsError::Unsupported {
-            op: "reading a file larger than memory",
-            fs: "ext4",
-            path: path.to_string(),
-        })?;
+        // The size is the inode's word, and the buffer is allocated by it: only a sparse file
+        // (never one pibake reads: configuration, lists, units) is larger than its filesystem.
+        let len = usize::try_from(st.size)
+            .ok()
+            .filter(|&n| n as u64 <= self.region.len())
+            .ok_or_else(|| FsError::Unsupported {
+                op: "reading a file larger than its filesystem",
+                fs: "ext4",
+                path: path.to_string(),
+            })?;
         let mut buf = vec![0u8; len];
         let mut done = 0;
         while done < len {

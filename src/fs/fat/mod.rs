@@ -195,7 +195,8 @@ impl FileOps for Fat {
         if entry.is_dir() {
             return Err(FsError::IsADirectory(path.to_string()));
         }
-        let mut out = Vec::with_capacity(entry.len() as usize);
+        // The size is the directory entry's word: no file holds more than the partition.
+        let mut out = Vec::with_capacity(entry.len().min(self.region.len()) as usize);
         entry
             .to_file()
             .read_to_end(&mut out)
