@@ -296,6 +296,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_partition_over_the_table_is_refused() {
+        let mut disk = vec![0u8; 64 << 10];
+        disk[510..512].copy_from_slice(&[0x55, 0xaa]);
+        // Entry 1: type 0x83, starting at sector 0, 16 sectors.
+        disk[446 + 4] = 0x83;
+        disk[446 + 12] = 16;
+        let dev = std::sync::Arc::new(crate::disk::device::MemDev(disk));
+        let cow = std::sync::Arc::new(crate::disk::CowDisk::new(dev));
+        let region = Region::new(cow.clone(), 0, cow.len(), false).unwrap();
+        let err = read(&region).unwrap_err().to_string();
+        assert!(err.contains("starts at sector 0"), "{err}");
+    }
+
+    #[test]
     fn guid_text_matches_the_mixed_endian_layout() {
         // Bytes of C12A7328-F81F-11D2-BA4B-00A0C93EC93B (the EFI system partition type) on disk.
         let raw = [

@@ -388,18 +388,20 @@ impl FileOps for Ext4 {
                 fs: "ext4",
                 path: path.to_string(),
             })?;
-        let mut buf = vec![0u8; len];
-        let mut done = 0;
-        while done < len {
+        // Grown a MiB at a time as the driver delivers bytes, so a size the inode only claims
+        // costs nothing.
+        let mut buf = Vec::new();
+        while buf.len() < len {
+            let done = buf.len();
+            buf.resize(done + (len - done).min(1 << 20), 0);
             let n = fs
                 .read_ino(r.ino, done as u64, &mut buf[done..])
                 .map_err(|e| ext4_err("read", path, e))?;
+            buf.truncate(done + n);
             if n == 0 {
                 break;
             }
-            done += n;
         }
-        buf.truncate(done);
         Ok(buf)
     }
 

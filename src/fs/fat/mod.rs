@@ -76,6 +76,13 @@ impl Fat {
         } else {
             self.region.read_only()
         };
+        let mut bs = [0u8; 512];
+        region.read_at(0, &mut bs).map_err(FsError::Io)?;
+        if !boot_sector::fits_fatfs(&bs) {
+            return Err(FsError::BadFat(
+                "its boot sector's FAT size and counts add up past 32 bits".into(),
+            ));
+        }
         let options = FsOptions::new()
             .update_accessed_date(false)
             .time_provider(provider(stamp));
@@ -195,8 +202,15 @@ impl FileOps for Fat {
         if entry.is_dir() {
             return Err(FsError::IsADirectory(path.to_string()));
         }
-        // The size is the directory entry's word: no file holds more than the partition.
-        let mut out = Vec::with_capacity(entry.len().min(self.region.len()) as usize);
+        // The size is the directory entry's word, and FAT has no sparse files: one larger than
+        // the partition is damage. The buffer grows with what is read, not with that word.
+        if entry.len() > self.region.len() {
+            return Err(FsError::BadFat(format!(
+                "{path}: its directory entry says {} bytes, more than the partition holds",
+                entry.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(entry.len().min(1 << 20) as usize);
         entry
             .to_file()
             .read_to_end(&mut out)
