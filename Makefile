@@ -4,7 +4,7 @@ CARGO    ?= cargo
 FIXTURES := target/fixtures
 RELEASES := bullseye bookworm trixie gpt
 
-.PHONY: build deps test e2e demo bench fixtures lint fmt clean-fixtures
+.PHONY: build deps test e2e demo bench fixtures lint fmt clean-fixtures fuzz fuzz-seeds
 
 build:
 	$(CARGO) build --release
@@ -28,6 +28,19 @@ e2e:
 	@bash tests/deps.sh e2e
 	@if [ "$(E2E_PIBAKE)" = target/debug/pibake ]; then $(CARGO) build --quiet; fi
 	@E2E_PIBAKE=$(E2E_PIBAKE) bash tests/e2e/e2e.sh $(E2E_SHAPES)
+
+# A bounded run of every fuzz target (issue 16): FUZZ_SECONDS each, FUZZ_TARGETS to pick some.
+# Needs cargo-fuzz (installed when missing) and nightly's -Z flags (see fuzz/run.sh). The
+# committed corpus and regressions are replayed on stable by `make test` already.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?=
+fuzz:
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh $(FUZZ_TARGETS)
+
+# Regenerate fuzz/corpus/ from the fixtures and small files made with the real tools.
+fuzz-seeds: fixtures
+	$(CARGO) build --quiet
+	python3 fuzz/seeds.py
 
 lint:
 	$(CARGO) fmt --all -- --check

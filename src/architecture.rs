@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// that come before it here.
 const LAYERS: &[&str] = &[
     "error", "progress", "parallel", "xz", "compress", "disk", "acquire", "fs", "facts", "overlay",
-    "recipe", "plan", "apply", "scrub", "output", "bake", "cluster", "cli",
+    "recipe", "plan", "apply", "scrub", "output", "bake", "cluster", "fuzzing", "cli",
 ];
 
 /// Longest source file, in lines, before it should be split.

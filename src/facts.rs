@@ -280,14 +280,18 @@ pub fn partuuids_consistent(
 ) -> bool {
     let cmdline = boot.read("/cmdline.txt").unwrap_or_default();
     let fstab = root.read("/etc/fstab").unwrap_or_default();
-    let has = |hay: &[u8], needle: &str| {
-        String::from_utf8_lossy(hay).contains(&format!("PARTUUID={needle}"))
-    };
-    has(&cmdline, root_uuid) && has(&fstab, root_uuid) && has(&fstab, boot_uuid)
+    mentions_partuuid(&cmdline, root_uuid)
+        && mentions_partuuid(&fstab, root_uuid)
+        && mentions_partuuid(&fstab, boot_uuid)
+}
+
+/// Whether the text `hay` names `PARTUUID=uuid`.
+pub(crate) fn mentions_partuuid(hay: &[u8], uuid: &str) -> bool {
+    String::from_utf8_lossy(hay).contains(&format!("PARTUUID={uuid}"))
 }
 
 /// The mount point of the vfat entry in an fstab.
-fn fstab_boot_mount(fstab: &str) -> Option<String> {
+pub(crate) fn fstab_boot_mount(fstab: &str) -> Option<String> {
     fstab
         .lines()
         .map(str::trim)

@@ -21,6 +21,8 @@ pub mod disk;
 pub mod error;
 pub mod facts;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod output;
 pub mod overlay;
 pub mod parallel;

@@ -707,12 +707,16 @@ fn fetch_sidecar(http: &Http, url: &str) -> Result<Option<String>, AcquireError>
     let Some(body) = http.get_small(&side, 64 << 10)? else {
         return Ok(None);
     };
-    let text = String::from_utf8_lossy(&body);
-    let first = text.split_whitespace().next().unwrap_or("");
-    normalize_sha256(first)
+    sidecar_sha256(&body)
         .map(Some)
         .ok_or_else(|| AcquireError::BadSha256 {
             what: side,
-            value: text.chars().take(100).collect(),
+            value: String::from_utf8_lossy(&body).chars().take(100).collect(),
         })
+}
+
+/// The SHA-256 a `URL.sha256` file (sha256sum format: digest first) holds, if it is one.
+pub fn sidecar_sha256(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    normalize_sha256(text.split_whitespace().next().unwrap_or(""))
 }

@@ -109,7 +109,30 @@ pub fn load(http: &Http, url: &str) -> Result<Vec<OsEntry>, AcquireError> {
     let mut seen = HashSet::new();
     let doc = fetch_json(http, &root)?;
     seen.insert(root.to_string());
-    walk_document(http, &root, &doc, &[], 0, &mut seen, &mut out)?;
+    let fetch = |url: &Url| fetch_json(http, url);
+    walk_document(&fetch, &root, &doc, &[], 0, &mut seen, &mut out)?;
+    Ok(out)
+}
+
+/// How a nested list (`subitems_url`) is fetched: over HTTP in [`load`], refused by [`parse`].
+type Fetch<'a> = dyn Fn(&Url) -> Result<Value, AcquireError> + 'a;
+
+/// The entries of the OS list `bytes`, as if fetched from `base` (which relative URLs resolve
+/// against); a nested list behind a `subitems_url` is an error, as nothing is fetched.
+pub fn parse(base: &str, bytes: &[u8]) -> Result<Vec<OsEntry>, AcquireError> {
+    let root = Url::parse(base).map_err(|e| AcquireError::BadSource(format!("{base}: {e}")))?;
+    let doc = serde_json::from_slice(bytes).map_err(|e| AcquireError::BadOsList {
+        url: root.to_string(),
+        reason: format!("not JSON: {e}"),
+    })?;
+    let refuse = |url: &Url| {
+        Err(AcquireError::BadOsList {
+            url: url.to_string(),
+            reason: "a nested list, and this list is read without fetching anything".into(),
+        })
+    };
+    let (mut seen, mut out) = (HashSet::from([root.to_string()]), Vec::new());
+    walk_document(&refuse, &root, &doc, &[], 0, &mut seen, &mut out)?;
     Ok(out)
 }
 
@@ -147,7 +170,7 @@ fn fetch_json(http: &Http, url: &Url) -> Result<Value, AcquireError> {
 }
 
 fn walk_document(
-    http: &Http,
+    fetch: &Fetch<'_>,
     base: &Url,
     doc: &Value,
     category: &[String],
@@ -173,11 +196,11 @@ fn walk_document(
             });
         }
     };
-    walk_items(http, base, items, category, depth, seen, out)
+    walk_items(fetch, base, items, category, depth, seen, out)
 }
 
 fn walk_items(
-    http: &Http,
+    fetch: &Fetch<'_>,
     base: &Url,
     items: &[Value],
     category: &[String],
@@ -199,7 +222,7 @@ fn walk_items(
         let mut inner = category.to_vec();
         inner.push(name.clone());
         if let Some(Value::Array(sub)) = o.get("subitems") {
-            walk_items(http, base, sub, &inner, depth + 1, seen, out)?;
+            walk_items(fetch, base, sub, &inner, depth + 1, seen, out)?;
             continue;
         }
         if let Some(sub_url) = text(o, "subitems_url") {
@@ -208,8 +231,8 @@ fn walk_items(
                 reason: format!("bad subitems_url {sub_url:?}: {e}"),
             })?;
             if seen.insert(url.to_string()) {
-                let doc = fetch_json(http, &url)?;
-                walk_document(http, &url, &doc, &inner, depth + 1, seen, out)?;
+                let doc = fetch(&url)?;
+                walk_document(fetch, &url, &doc, &inner, depth + 1, seen, out)?;
             }
             continue;
         }

@@ -160,6 +160,7 @@ pub fn read(disk: &Region) -> Result<PartitionTable, PartitionError> {
     if sector0[510..512] != [0x55, 0xaa] {
         return Err(PartitionError::NoSignature);
     }
+    check_primaries(&sector0)?;
     let mut cursor = disk.clone();
     let mbr = mbrman::MBR::read_from(&mut cursor, SECTOR as u32)
         .map_err(|e| PartitionError::BadMbr(e.to_string()))?;
@@ -263,6 +264,21 @@ fn check_overlaps(table: &PartitionTable) -> Result<(), PartitionError> {
     Ok(())
 }
 
+/// Refuse a used primary entry that starts at sector 0, on top of the table itself, before
+/// `mbrman` sees it: its alignment guess panics when every used partition starts there.
+fn check_primaries(sector0: &[u8; SECTOR as usize]) -> Result<(), PartitionError> {
+    for (i, e) in sector0[446..510].chunks_exact(16).enumerate() {
+        let (sys, lba) = (e[4], u32::from_le_bytes([e[8], e[9], e[10], e[11]]));
+        if sys != 0 && lba == 0 {
+            return Err(PartitionError::BadMbr(format!(
+                "partition {} starts at sector 0, over the partition table",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn read_gpt(disk: &Region) -> Result<PartitionTable, PartitionError> {
     let mut cursor = disk.clone();
     let gpt = gptman::GPT::read_from(&mut cursor, SECTOR)
@@ -343,6 +359,20 @@ fn text_label(raw: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_over_the_table_is_refused() {
+        let mut disk = vec![0u8; 64 << 10];
+        disk[510..512].copy_from_slice(&[0x55, 0xaa]);
+        // Entry 1: type 0x83, starting at sector 0, 16 sectors.
+        disk[446 + 4] = 0x83;
+        disk[446 + 12] = 16;
+        let dev = std::sync::Arc::new(crate::disk::device::MemDev(disk));
+        let cow = std::sync::Arc::new(crate::disk::CowDisk::new(dev));
+        let region = Region::new(cow.clone(), 0, cow.len(), false).unwrap();
+        let err = read(&region).unwrap_err().to_string();
+        assert!(err.contains("starts at sector 0"), "{err}");
+    }
 
     #[test]
     fn guid_text_matches_the_mixed_endian_layout() {

@@ -373,7 +373,12 @@ pub fn parse(text: &str) -> Result<Bmap, String> {
         rest = &rest[open + "<Range".len()..];
         let tag_end = rest.find('>').ok_or("unterminated <Range>")?;
         let attrs = &rest[..tag_end];
-        let close = rest.find("</Range>").ok_or("unterminated <Range>")?;
+        // The closing tag is looked for after the opening one ends: `<Range</Range>` has its
+        // only `>` inside it.
+        let close = rest[tag_end..]
+            .find("</Range>")
+            .map(|at| tag_end + at)
+            .ok_or("unterminated <Range>")?;
         let inner = rest[tag_end + 1..close].trim();
         rest = &rest[close + "</Range>".len()..];
         let (first, last) = match inner.split_once('-') {
@@ -393,7 +398,8 @@ pub fn parse(text: &str) -> Result<Bmap, String> {
             None
         };
         let start = first * block_size;
-        let end = ((last + 1) * block_size).min(image_size);
+        // `last` is below `blocks`, but its end may pass 2^64 for an image size just below it.
+        let end = ((last + 1).saturating_mul(block_size)).min(image_size);
         if ranges
             .last()
             .is_some_and(|prev: &MappedRange| prev.bytes.end > start)
@@ -478,6 +484,20 @@ mod tests {
         assert_eq!(back.image_size, b.image_size);
         let damaged = text.replacen("> 5 </Range>", "> 6 </Range>", 1);
         assert!(parse(&damaged).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn a_range_tag_closed_before_it_opens_is_refused() {
+        let head = "<bmap version=\"1.4\"><ImageSize>8192</ImageSize><BlockSize>4096</BlockSize>";
+        let text = format!("{head}<BlockMap><Range</Range></BlockMap></bmap>");
+        assert!(parse(&text).unwrap_err().contains("unterminated"));
+        let huge = format!(
+            "<bmap version=\"1.4\"><ImageSize>{}</ImageSize><BlockSize>4096</BlockSize>\
+             <BlockMap><Range>{}</Range></BlockMap></bmap>",
+            u64::MAX - 1,
+            u64::MAX / 4096
+        );
+        assert_eq!(parse(&huge).unwrap().ranges[0].bytes.end, u64::MAX - 1);
     }
 
     #[test]

@@ -360,7 +360,7 @@ impl Overlay {
         )
     }
 
-    fn from_parts(
+    pub(crate) fn from_parts(
         manifest_path: &str,
         origin: &str,
         manifest: &str,

@@ -37,10 +37,12 @@ mod stream;
 mod testutil;
 mod vli;
 
+pub(crate) use decoder::decode_block;
 pub use decoder::decode_raw;
 pub use encoder::{PRESET, encode_block};
 pub use error::XzError;
 pub use index::{XzBlock, XzIndex, XzStream, index_bytes};
+pub(crate) use lzma2::parse as lzma2_chunks;
 pub use mt::MtXzReader;
 pub(crate) use pread::{check_bounds, read_exact_at};
 pub use reader::{DEFAULT_CACHE_BLOCKS, MAX_BLOCK, XzReader};

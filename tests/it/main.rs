@@ -21,6 +21,7 @@ mod cache_shared;
 mod cluster_plan;
 mod fs_edits;
 mod fs_gates;
+mod fuzz_corpus;
 mod hostile;
 mod inspect_cli;
 mod kill_anywhere;

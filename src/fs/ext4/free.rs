@@ -25,8 +25,13 @@ pub fn free_ranges(part: &dyn ReadAt) -> io::Result<Option<Vec<Range<u64>>>> {
     };
     let bs = l.block_size;
     let gdt_blocks = l.gdt_bytes().div_ceil(bs);
+    // The table is allocated by what the superblock says: it must fit in the partition first.
+    let gdt_at = (l.first_data + 1) * bs;
+    if gdt_at.saturating_add(l.gdt_bytes()) > part.len() {
+        return Ok(None);
+    }
     let mut gdt = vec![0u8; l.gdt_bytes() as usize];
-    part.read_at((l.first_data + 1) * bs, &mut gdt)?;
+    part.read_at(gdt_at, &mut gdt)?;
 
     let mut meta = Vec::new();
     let mut bitmaps = Vec::with_capacity(l.groups() as usize);
@@ -44,9 +49,20 @@ pub fn free_ranges(part: &dyn ReadAt) -> io::Result<Option<Vec<Range<u64>>>> {
         let inode_bitmap = le32(d, 0x04) | hi(0x24);
         let inode_table = le32(d, 0x08) | hi(0x28);
         let flags = le16(d, 0x12);
+        // Descriptors come from the image: one placing metadata past the last block (or past
+        // 2^64) describes no layout this reader models.
+        let Some(table_end) = inode_table
+            .checked_add(l.itable_blocks)
+            .filter(|&end| end <= l.blocks)
+        else {
+            return Ok(None);
+        };
+        if block_bitmap >= l.blocks || inode_bitmap >= l.blocks {
+            return Ok(None);
+        }
         meta.push(block_bitmap..block_bitmap + 1);
         meta.push(inode_bitmap..inode_bitmap + 1);
-        meta.push(inode_table..inode_table + l.itable_blocks);
+        meta.push(inode_table..table_end);
         let start = l.first_data + g * l.blocks_per_group;
         if l.has_super_backup(g) {
             meta.push(start..start + 1 + gdt_blocks + l.reserved_gdt);

@@ -66,6 +66,11 @@ impl Layout {
         let bpg = le32(sb, 0x20);
         let ipg = le32(sb, 0x28);
         let inode_size = le16(sb, 0x58).max(128);
+        // As the kernel requires: a power of two up to 1 KiB (0, from older tools, means 32).
+        let desc_size = if is64 { le16(sb, 0xfe).max(32) } else { 32 };
+        if !desc_size.is_power_of_two() || desc_size > 1024 {
+            return None;
+        }
         if bpg == 0 || bpg > 8 * bs || blocks <= first_data || blocks.saturating_mul(bs) > part_len
         {
             return None;
@@ -76,7 +81,7 @@ impl Layout {
             first_data,
             blocks_per_group: bpg,
             itable_blocks: (ipg * inode_size).div_ceil(bs),
-            desc_size: if is64 { le16(sb, 0xfe).max(32) } else { 32 },
+            desc_size,
             reserved_gdt: if compat & COMPAT_RESIZE_INODE != 0 {
                 le16(sb, 0xce)
             } else {

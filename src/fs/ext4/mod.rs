@@ -379,23 +379,30 @@ impl FileOps for Ext4 {
                 });
             }
         }
-        let len = usize::try_from(st.size).map_err(|_| FsError::Unsupported {
-            op: "reading a file larger than memory",
-            fs: "ext4",
-            path: path.to_string(),
-        })?;
-        let mut buf = vec![0u8; len];
-        let mut done = 0;
-        while done < len {
+        // The size is the inode's word, and the buffer is allocated by it: only a sparse file
+        // (never one pibake reads: configuration, lists, units) is larger than its filesystem.
+        let len = usize::try_from(st.size)
+            .ok()
+            .filter(|&n| n as u64 <= self.region.len())
+            .ok_or_else(|| FsError::Unsupported {
+                op: "reading a file larger than its filesystem",
+                fs: "ext4",
+                path: path.to_string(),
+            })?;
+        // Grown a MiB at a time as the driver delivers bytes, so a size the inode only claims
+        // costs nothing.
+        let mut buf = Vec::new();
+        while buf.len() < len {
+            let done = buf.len();
+            buf.resize(done + (len - done).min(1 << 20), 0);
             let n = fs
                 .read_ino(r.ino, done as u64, &mut buf[done..])
                 .map_err(|e| ext4_err("read", path, e))?;
+            buf.truncate(done + n);
             if n == 0 {
                 break;
             }
-            done += n;
         }
-        buf.truncate(done);
         Ok(buf)
     }
 

@@ -22,6 +22,24 @@ pub struct Geometry {
     pub bits: u64,
 }
 
+/// Whether `fatfs` can validate boot sector `bs` without overflowing: its checks compute the
+/// first data sector (reserved + FATs × sectors per FAT + root directory) and the FAT's entry
+/// count (sectors per FAT × bytes per sector × 8) in unchecked 32-bit arithmetic, so a hostile
+/// BPB panics there (debug builds) or wraps past its checks (release builds).
+pub(crate) fn fits_fatfs(bs: &[u8; 512]) -> bool {
+    let bps = le16(bs, 11);
+    if bps == 0 {
+        return true; // fatfs refuses it before any arithmetic
+    }
+    let fat_sectors = match le16(bs, 22) {
+        0 => le32(bs, 36),
+        n => n,
+    };
+    let root_sectors = (le16(bs, 17) * 32).div_ceil(bps);
+    let data_start = le16(bs, 14) + u64::from(bs[16]) * fat_sectors + root_sectors;
+    data_start <= u64::from(u32::MAX) && fat_sectors * bps * 8 <= u64::from(u32::MAX)
+}
+
 impl Geometry {
     /// The geometry boot sector `bs` describes in a partition of `part_len` bytes, or `None`
     /// when it does not describe a FAT this reader trusts.
@@ -71,5 +89,30 @@ impl Geometry {
             clusters,
             bits,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bpb(fats: u8, fat_sectors_32: u32) -> [u8; 512] {
+        let mut bs = [0u8; 512];
+        bs[11..13].copy_from_slice(&512u16.to_le_bytes());
+        bs[13] = 1;
+        bs[14..16].copy_from_slice(&32u16.to_le_bytes());
+        bs[16] = fats;
+        bs[36..40].copy_from_slice(&fat_sectors_32.to_le_bytes());
+        bs
+    }
+
+    #[test]
+    fn fat_sizes_that_overflow_fatfs_are_caught() {
+        assert!(fits_fatfs(&bpb(2, 1024)));
+        assert!(
+            !fits_fatfs(&bpb(2, u32::MAX / 2 + 1)),
+            "FATs × size past 2^32"
+        );
+        assert!(!fits_fatfs(&bpb(1, 1 << 20)), "entry count past 2^32");
     }
 }

@@ -76,6 +76,13 @@ impl Fat {
         } else {
             self.region.read_only()
         };
+        let mut bs = [0u8; 512];
+        region.read_at(0, &mut bs).map_err(FsError::Io)?;
+        if !boot_sector::fits_fatfs(&bs) {
+            return Err(FsError::BadFat(
+                "its boot sector's FAT size and counts add up past 32 bits".into(),
+            ));
+        }
         let options = FsOptions::new()
             .update_accessed_date(false)
             .time_provider(provider(stamp));
@@ -84,18 +91,22 @@ impl Fat {
 
     /// The volume label from the boot sector.
     pub fn label(&self) -> Result<String, FsError> {
-        Ok(self
-            .mount(false, self.clock)?
-            .volume_label()
-            .trim_end()
-            .to_string())
+        guarded("/", || {
+            Ok(self
+                .mount(false, self.clock)?
+                .volume_label()
+                .trim_end()
+                .to_string())
+        })
     }
 
     /// Bytes free on the partition.
     pub fn free_bytes(&self) -> Result<u64, FsError> {
-        let fs = self.mount(false, self.clock)?;
-        let stats = fs.stats().map_err(FsError::Io)?;
-        Ok(u64::from(stats.free_clusters()) * u64::from(stats.cluster_size()))
+        guarded("/", || {
+            let fs = self.mount(false, self.clock)?;
+            let stats = fs.stats().map_err(FsError::Io)?;
+            Ok(u64::from(stats.free_clusters()) * u64::from(stats.cluster_size()))
+        })
     }
 
     fn mutate<T>(
@@ -104,12 +115,15 @@ impl Fat {
         f: impl FnOnce(&Fs) -> Result<T, FsError>,
     ) -> Result<T, FsError> {
         let disk = self.region.disk().clone();
+        // Guarded inside the transaction, so a panic in fatfs rolls back what it wrote.
         disk.transaction(|| {
-            let fs = self.mount(true, stamp)?;
-            let v = f(&fs)?;
-            fs.unmount().map_err(FsError::Io)?;
-            repair_dot_entries(&self.region)?;
-            Ok(v)
+            guarded("/", || {
+                let fs = self.mount(true, stamp)?;
+                let v = f(&fs)?;
+                fs.unmount().map_err(FsError::Io)?;
+                repair_dot_entries(&self.region)?;
+                Ok(v)
+            })
         })
     }
 
@@ -166,11 +180,75 @@ impl Fat {
     }
 }
 
+/// A panic inside `fatfs` as a refusal of the partition. A last resort, because the crate
+/// cannot be fixed from here: fatfs 0.3.6 turns cluster numbers into sectors unchecked
+/// (`cluster - 2`), so a directory entry or FAT entry naming cluster 1 underflows. With
+/// overflow checks on (tests, and fatfs in pibake's release profile, see Cargo.toml) that is a
+/// panic caught here; without them it would read or write the wrong sector.
+fn guarded<T>(path: &str, f: impl FnOnce() -> Result<T, FsError>) -> Result<T, FsError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(FsError::BadFat(format!(
+            "the FAT driver failed on {path}: a cluster number outside the data area"
+        )))
+    })
+}
+
+/// The operations themselves; [`FileOps`] runs each under [`guarded`].
+trait Unguarded {
+    fn stat(&mut self, path: &str) -> Result<Stat, FsError>;
+    fn read(&mut self, path: &str) -> Result<Vec<u8>, FsError>;
+    fn read_link(&mut self, path: &str) -> Result<String, FsError>;
+    fn list(&mut self, path: &str) -> Result<Vec<Entry>, FsError>;
+    fn write_file(&mut self, path: &str, data: &[u8], meta: Meta) -> Result<(), FsError>;
+    fn mkdir_p(&mut self, path: &str, meta: Meta) -> Result<(), FsError>;
+    fn symlink(&mut self, path: &str, target: &str, meta: Meta) -> Result<(), FsError>;
+    fn remove(&mut self, path: &str) -> Result<(), FsError>;
+    fn set_meta(&mut self, path: &str, meta: Meta) -> Result<(), FsError>;
+}
+
 impl FileOps for Fat {
     fn has_ownership(&self) -> bool {
         false
     }
 
+    fn stat(&mut self, path: &str) -> Result<Stat, FsError> {
+        guarded(path, || Unguarded::stat(self, path))
+    }
+
+    fn read(&mut self, path: &str) -> Result<Vec<u8>, FsError> {
+        guarded(path, || Unguarded::read(self, path))
+    }
+
+    fn read_link(&mut self, path: &str) -> Result<String, FsError> {
+        guarded(path, || Unguarded::read_link(self, path))
+    }
+
+    fn list(&mut self, path: &str) -> Result<Vec<Entry>, FsError> {
+        guarded(path, || Unguarded::list(self, path))
+    }
+
+    fn write_file(&mut self, path: &str, data: &[u8], meta: Meta) -> Result<(), FsError> {
+        guarded(path, || Unguarded::write_file(self, path, data, meta))
+    }
+
+    fn mkdir_p(&mut self, path: &str, meta: Meta) -> Result<(), FsError> {
+        guarded(path, || Unguarded::mkdir_p(self, path, meta))
+    }
+
+    fn symlink(&mut self, path: &str, target: &str, meta: Meta) -> Result<(), FsError> {
+        guarded(path, || Unguarded::symlink(self, path, target, meta))
+    }
+
+    fn remove(&mut self, path: &str) -> Result<(), FsError> {
+        guarded(path, || Unguarded::remove(self, path))
+    }
+
+    fn set_meta(&mut self, path: &str, meta: Meta) -> Result<(), FsError> {
+        guarded(path, || Unguarded::set_meta(self, path, meta))
+    }
+}
+
+impl Unguarded for Fat {
     fn stat(&mut self, path: &str) -> Result<Stat, FsError> {
         if components(path)?.is_empty() {
             return Ok(Stat {
@@ -195,7 +273,15 @@ impl FileOps for Fat {
         if entry.is_dir() {
             return Err(FsError::IsADirectory(path.to_string()));
         }
-        let mut out = Vec::with_capacity(entry.len() as usize);
+        // The size is the directory entry's word, and FAT has no sparse files: one larger than
+        // the partition is damage. The buffer grows with what is read, not with that word.
+        if entry.len() > self.region.len() {
+            return Err(FsError::BadFat(format!(
+                "{path}: its directory entry says {} bytes, more than the partition holds",
+                entry.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(entry.len().min(1 << 20) as usize);
         entry
             .to_file()
             .read_to_end(&mut out)
