@@ -108,3 +108,45 @@ fn an_xz_index_that_lies_about_sizes_is_refused() {
     ));
     build_of_refused(&base, dir.path(), "xz block 3", None);
 }
+
+/// The boot partition's `cmdline.txt` entry names cluster 1, before the data area: fatfs
+/// underflows turning it into a sector. That is a refusal of the partition, and the user sees
+/// the refusal, not the driver's panic.
+#[test]
+fn a_fat_entry_naming_a_cluster_before_the_data_area_is_refused_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("fat.img");
+    sh(&format!(
+        "cp --sparse=always {} {}",
+        fixture("bookworm").display(),
+        base.display()
+    ));
+    // Find the root directory entry and set its first cluster (high word at +20, low at +26).
+    let boot_at = crate::common::part(&crate::common::expect("bookworm"), 1).0;
+    let bytes = std::fs::read(&base).unwrap();
+    let area = &bytes[boot_at as usize..boot_at as usize + (8 << 20)];
+    let entry = boot_at as usize
+        + area
+            .windows(11)
+            .position(|w| w == b"CMDLINE TXT")
+            .expect("cmdline.txt's directory entry");
+    drop(bytes);
+    sh(&format!(
+        "printf '\\000\\000' | dd of={f} bs=1 seek={} conv=notrunc status=none && \
+         printf '\\001\\000' | dd of={f} bs=1 seek={} conv=notrunc status=none",
+        entry + 20,
+        entry + 26,
+        f = base.display()
+    ));
+    build_of_refused(&base, dir.path(), "boot partition is not a valid FAT", None);
+    let o = crate::common::pibake_in(&dir.path().join("cache"))
+        .args(["inspect", base.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}

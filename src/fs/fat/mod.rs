@@ -186,11 +186,37 @@ impl Fat {
 /// overflow checks on (tests, and fatfs in pibake's release profile, see Cargo.toml) that is a
 /// panic caught here; without them it would read or write the wrong sector.
 fn guarded<T>(path: &str, f: impl FnOnce() -> Result<T, FsError>) -> Result<T, FsError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+    quiet_while_guarded();
+    let outer = GUARDED.replace(true);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.set(outer);
+    caught.unwrap_or_else(|_| {
         Err(FsError::BadFat(format!(
             "the FAT driver failed on {path}: a cluster number outside the data area"
         )))
     })
+}
+
+thread_local! {
+    /// Set while this thread runs a [`guarded`] operation.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Install, once, a panic hook that says nothing of a panic in fatfs that [`guarded`] is about
+/// to turn into an error (the user sees that error, not the driver's panic message and
+/// backtrace), and hands every other panic, pibake's own above all, to the hook that was there
+/// before.
+fn quiet_while_guarded() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_fatfs = info.location().is_some_and(|l| l.file().contains("fatfs"));
+            if !(in_fatfs && GUARDED.with(std::cell::Cell::get)) {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// The operations themselves; [`FileOps`] runs each under [`guarded`].
