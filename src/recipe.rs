@@ -25,6 +25,19 @@ pub struct RecipeError {
     pub message: String,
 }
 
+impl RecipeError {
+    /// The error `message` at byte `offset` of `text`, the contents of `file`.
+    pub fn at(file: &str, text: &str, offset: usize, message: impl Into<String>) -> Self {
+        let (line, column) = line_col(text, offset);
+        RecipeError {
+            file: file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
 impl crate::error::Classify for RecipeError {
     fn kind(&self) -> crate::error::Kind {
         crate::error::Kind::BadInput
@@ -138,13 +151,7 @@ impl Document {
 
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> RecipeError {
         // A default value has an empty span at 0: point at the top of the file.
-        let (line, column) = line_col(&self.text, span.start);
-        RecipeError {
-            file: self.file.clone(),
-            line,
-            column,
-            message: message.into(),
-        }
+        RecipeError::at(&self.file, &self.text, span.start, message)
     }
 
     fn value(&self, section: &str, field: &str) -> Option<&Spanned<toml::Value>> {

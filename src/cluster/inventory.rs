@@ -114,18 +114,7 @@ struct Reader<'t> {
 
 impl Reader<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> RecipeError {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before
-            .rfind('\n')
-            .map_or(before.len(), |i| before.len() - i - 1)
-            + 1;
-        RecipeError {
-            file: self.file.to_string(),
-            line,
-            column,
-            message: message.into(),
-        }
+        RecipeError::at(self.file, self.text, span.start, message)
     }
 
     fn string(&self, v: &Spanned<toml::Value>, what: &str) -> Result<String, RecipeError> {

@@ -5,9 +5,13 @@
 use std::path::Path;
 
 use crate::common::{
-    EPOCH, assert_e2fsck_clean, assert_fsck_vfat_clean, debugfs, debugfs_cat, expect, extract,
-    fixture, part, pibake_in, sha256, test_cache,
+    assert_e2fsck_clean, assert_fsck_vfat_clean, debugfs, debugfs_cat, expect, extract, fixture,
+    part, pibake_ok_in, sha256, test_cache,
 };
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
 
 fn cat(fs: &Path, p: &str) -> String {
     String::from_utf8(debugfs_cat(fs, p)).unwrap()
@@ -26,22 +30,9 @@ fn a_worker_takes_its_address_by_dhcp_on_every_release() {
         let base = fixture(release);
         let before = sha256(&base);
         let out = tmp.path().join(format!("{release}-node03.img"));
-        let o = pibake_in(&test_cache())
-            .env("SOURCE_DATE_EPOCH", EPOCH)
-            .args([
-                "build",
-                recipe.to_str().unwrap(),
-                "--base",
-                base.to_str().unwrap(),
-                "-o",
-            ])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{release}: {}",
-            String::from_utf8_lossy(&o.stderr)
+        pibake_ok_in(
+            &test_cache(),
+            &["build", s(&recipe), "--base", s(&base), "-o", s(&out)],
         );
         assert_eq!(sha256(&base), before, "{release}: base modified");
         let e = expect(release);

@@ -84,7 +84,7 @@ fn a_conflict_is_refused_at_its_line_with_exit_code_2() {
 /// every node's `/etc/hosts`. A recipe without `[cluster]` gets none of it.
 #[test]
 fn master_and_worker_recipes_carry_the_cluster_into_the_image() {
-    use crate::common::{debugfs_cat, expect, extract, fixture, part, pibake_in, test_cache};
+    use crate::common::{debugfs_cat, expect, extract, fixture, part, pibake_ok_in, test_cache};
     let tmp = tempfile::tempdir().unwrap();
     let hosts = "hosts = [\"192.168.5.1\\tmaster.lab.lan master\", \"192.168.5.101\\tnode01.lab.lan node01\"]\n";
     let master = format!(
@@ -103,22 +103,9 @@ fn master_and_worker_recipes_carry_the_cluster_into_the_image() {
         let r = tmp.path().join(format!("{name}.toml"));
         std::fs::write(&r, recipe).unwrap();
         let out = tmp.path().join(format!("{name}.img"));
-        let o = pibake_in(&test_cache())
-            .args([
-                "build",
-                r.to_str().unwrap(),
-                "--base",
-                base.to_str().unwrap(),
-                "-o",
-            ])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let arg = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let (r, b, o) = (arg(&r), arg(&base), arg(&out));
+        pibake_ok_in(&test_cache(), &["build", &r, "--base", &b, "-o", &o]);
         let root = tmp.path().join(format!("{name}.root"));
         extract(&out, ro, rl, &root);
         crate::common::assert_e2fsck_clean(&root);

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use crate::common::{
     assert_e2fsck_clean, assert_fsck_vfat_clean, debugfs, expect, extract, fixture, part,
-    pibake_in, sha256,
+    pibake_in, pibake_ok_in as ok, sha256,
 };
 
 const PASSWORD_A: &str = "first-secret-pw";
@@ -39,12 +39,6 @@ fn run(cache: &Path, args: &[&str]) -> (Output, String) {
         String::from_utf8_lossy(&o.stderr)
     );
     (o, text)
-}
-
-fn ok(cache: &Path, args: &[&str]) -> String {
-    let (o, text) = run(cache, args);
-    assert!(o.status.success(), "pibake {args:?}:\n{text}");
-    text
 }
 
 fn s(p: &Path) -> &str {

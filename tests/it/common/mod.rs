@@ -40,6 +40,19 @@ pub fn pibake(args: &[&str]) -> Output {
         .expect("run pibake")
 }
 
+/// Run `pibake` with `args` on `cache`, insist that it succeeds, and return everything it
+/// printed (stdout, then stderr).
+pub fn pibake_ok_in(cache: &Path, args: &[&str]) -> String {
+    let o = pibake_in(cache).args(args).output().expect("run pibake");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "pibake {args:?}:\n{text}");
+    text
+}
+
 /// The smallest recipe a build accepts: a host name and a user with a password.
 pub fn minimal_recipe(hostname: &str) -> String {
     format!(
