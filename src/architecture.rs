@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 /// Top-level modules from the bottom of the pipeline to the top. A module may use only modules
 /// that come before it here.
 const LAYERS: &[&str] = &[
-    "error", "progress", "parallel", "xz", "compress", "disk", "acquire", "fs", "facts", "overlay",
-    "recipe", "plan", "apply", "scrub", "output", "bake", "cluster", "fuzzing", "cli",
+    "error", "progress", "parallel", "xz", "compress", "sshkey", "disk", "acquire", "fs", "facts",
+    "overlay", "recipe", "plan", "apply", "scrub", "output", "bake", "cluster", "fuzzing", "cli",
 ];
 
 /// Longest source file, in lines, before it should be split.

@@ -203,6 +203,8 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<(Kind, Option<S
         crate::bake::NoBase,
         crate::bake::BadEpoch,
         crate::bake::VerifyError,
+        crate::sshkey::KeyError,
+        crate::cluster::secrets::SecretsError,
         BadInput,
     );
     None

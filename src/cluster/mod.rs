@@ -6,6 +6,7 @@
 
 pub mod inventory;
 mod item;
+pub mod secrets;
 
 use std::fmt::Write as _;
 
