@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::output::route::Route;
 pub use build::{Built, Extras, ImagerRequest, build};
-pub use prepare::prepare;
+pub use prepare::{open_base, prepare, prepare_on};
 pub use verify::{Verified, VerifyError, verify};
 
 use crate::acquire::AcquireOptions;
@@ -27,8 +27,10 @@ use crate::recipe::Validated;
 /// What a build or plan needs to know beyond the recipe.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The recipe file.
+    /// The recipe file (for a cluster node, the inventory: relative paths are resolved from it).
     pub recipe: PathBuf,
+    /// The recipe itself, when the caller made it (a cluster node's); else `recipe` is read.
+    pub document: Option<crate::recipe::Document>,
     /// Base image overriding the recipe's `[image] base`.
     pub base: Option<String>,
     /// `--stack`: `auto` or the name of a stack the overlays declare.
@@ -48,6 +50,39 @@ pub struct Options {
     /// will be needed anyway (a raw output): then planning and editing read the copy instead of
     /// decoding blocks one by one.
     pub decode_first: bool,
+}
+
+/// A base image found, checked and opened, before any recipe is planned against it; one base
+/// can serve several builds ([`Base::fork`]).
+pub struct Base {
+    /// The base image path.
+    pub path: PathBuf,
+    /// SHA-256 of the base file.
+    pub sha256: String,
+    /// The cache of decoded bases and derived hashes.
+    pub cache: Cache,
+    /// The cached decoded copy of an `.xz` base that reads go to, if there is one.
+    pub decoded_copy: Option<PathBuf>,
+    /// True when that copy was decoded by this run.
+    pub decoded_now: bool,
+    /// The opened image.
+    pub image: Image,
+}
+
+impl Base {
+    /// Another handle on the same base for another build: its own copy-on-write layer over the
+    /// same bytes (decoded `.xz` blocks are shared). `None` for a base decoded into a temporary
+    /// file rather than the cache.
+    pub fn fork(&self) -> Option<Base> {
+        Some(Base {
+            path: self.path.clone(),
+            sha256: self.sha256.clone(),
+            cache: self.cache.clone(),
+            decoded_copy: self.decoded_copy.clone(),
+            decoded_now: self.decoded_now,
+            image: self.image.fork()?,
+        })
+    }
 }
 
 /// Inputs resolved and opened, ready to plan against.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::{BadEpoch, NoBase, Options, Prepared};
+use super::{BadEpoch, Base, NoBase, Options, Prepared};
 use crate::acquire::cache::{self, Cache, ImageMeta};
 use crate::acquire::{AcquireError, AcquireOptions};
 use crate::disk::Image;
@@ -40,19 +40,49 @@ fn epoch(opts: &Options, v: &Validated) -> anyhow::Result<(i64, String)> {
     ))
 }
 
-/// Read the recipe, open the base, read facts and make the plan. Nothing is written.
-pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepared> {
-    let doc = recipe::load(&opts.recipe)?;
+/// The recipe of a build: `opts.document` when the caller made it, else the file, validated
+/// against its role's overlays.
+fn load(opts: &Options) -> anyhow::Result<(Validated, Layers)> {
+    let doc = match &opts.document {
+        Some(doc) => doc.clone(),
+        None => recipe::load(&opts.recipe)?,
+    };
     let layers = Layers::resolve(&doc.role()?, &opts.roles, &opts.overlays)?;
     let v = doc.validate(&layers)?;
+    Ok((v, layers))
+}
+
+/// Read the recipe, open the base, read facts and make the plan. Nothing is written.
+pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepared> {
+    let (v, layers) = load(opts)?;
+    let base = open_base(opts, v.base(), progress)?;
+    finish(opts, v, &layers, base)
+}
+
+/// Plan a build on a base already opened (by [`open_base`], or a [`Base::fork`] of one).
+pub fn prepare_on(
+    opts: &Options,
+    base: Base,
+    _progress: &dyn Progress,
+) -> anyhow::Result<Prepared> {
+    let (v, layers) = load(opts)?;
+    finish(opts, v, &layers, base)
+}
+
+/// Find and open the base named by `--base`, else by `recipe_base` (fetching, checking and, where
+/// the build will need it, decoding it into the cache).
+pub fn open_base(
+    opts: &Options,
+    recipe_base: Option<&str>,
+    progress: &dyn Progress,
+) -> anyhow::Result<Base> {
     let base_name = opts
         .base
         .clone()
-        .or_else(|| v.base().map(str::to_string))
+        .or_else(|| recipe_base.map(str::to_string))
         .ok_or(NoBase)?;
     let mut base = resolve_base(&base_name, &opts.recipe);
     let cache = Cache::open(&opts.acquire.cache_dir, progress)?;
-    let (epoch, epoch_source) = epoch(opts, &v)?;
     let local = base.exists();
     if !local {
         // Not a local file: an OS-list name or a URL, fetched and verified into the cache; a
@@ -105,6 +135,20 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         Some(copy) => Image::open_with_decoded_copy(&base, copy)?,
         None => open_local(&base, &cache, &opts.acquire, progress)?,
     };
+    Ok(Base {
+        path: base,
+        sha256: base_sha256,
+        cache,
+        decoded_copy,
+        decoded_now,
+        image,
+    })
+}
+
+/// Open the filesystems of `base`, read its facts and make the plan.
+fn finish(opts: &Options, v: Validated, layers: &Layers, base: Base) -> anyhow::Result<Prepared> {
+    let (epoch, epoch_source) = epoch(opts, &v)?;
+    let image = base.image;
     let root_part = image.root()?.clone();
     let boot_part = image.boot()?.clone();
     let mut root = Ext4::open(
@@ -116,14 +160,14 @@ pub fn prepare(opts: &Options, progress: &dyn Progress) -> anyhow::Result<Prepar
         epoch,
     )?;
     let facts = facts::gather(&mut root, &mut boot)?;
-    let plan = plan::make(&v, &facts, &layers, &opts.stack, epoch)?;
+    let plan = plan::make(&v, &facts, layers, &opts.stack, epoch)?;
     Ok(Prepared {
         recipe: v,
-        base,
-        base_sha256,
-        cache,
-        decoded_copy,
-        decoded_now,
+        base: base.path,
+        base_sha256: base.sha256,
+        cache: base.cache,
+        decoded_copy: base.decoded_copy,
+        decoded_now: base.decoded_now,
         trust_cache: opts.trust_cache,
         image,
         root,

@@ -99,6 +99,7 @@ pub fn verify(
     let out_path = out_path.clone();
     let opts = Options {
         recipe,
+        document: None,
         base: Some(base.display().to_string()),
         stack,
         overlays,

@@ -38,6 +38,7 @@ impl Common {
     fn options(&self, output: Option<&std::path::Path>) -> Options {
         Options {
             recipe: self.recipe.clone(),
+            document: None,
             base: self.base.as_ref().map(|b| b.display().to_string()),
             stack: self.stack.clone(),
             overlays: self.overlays.clone(),

@@ -1,4 +1,4 @@
-//! `pibake cluster plan`: a whole cluster from one inventory file.
+//! `pibake cluster plan` and `pibake cluster build`: a whole cluster from one inventory file.
 
 use std::path::PathBuf;
 
@@ -30,10 +30,66 @@ enum ClusterCommand {
         #[arg(long, value_name = "DIR")]
         roles: Vec<PathBuf>,
     },
+    /// Bake every node of an inventory: DIR/HOSTNAME.img.xz (and .bmap) for the master and each
+    /// worker, from one base opened once, plus DIR/cluster.manifest.json.
+    ///
+    /// Keys are made on the first build and kept in the secrets directory (0700; default
+    /// INVENTORY-STEM.secrets beside the inventory): the cluster key the master's user logs into
+    /// the workers with, and every node's SSH host key, which the master's known hosts list, so
+    /// its first `ssh node03` never asks. Keep that directory: later builds reuse it and so give
+    /// the same images. Nothing secret is printed or written to a manifest.
+    ///
+    /// A node whose inputs did not change since the last build into DIR is left as it is (its
+    /// image stays byte for byte the same); adding a worker rewrites only it and the master.
+    #[command(
+        after_help = "Examples:\n  pibake cluster build cluster.toml -o images/\n  SOURCE_DATE_EPOCH=1735689600 pibake cluster build cluster.toml -o images/ --format img"
+    )]
+    Build {
+        /// The inventory file.
+        inventory: PathBuf,
+        /// The directory the images go to (created if missing).
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        /// Output format of every image: img.xz (default, or the inventory's [cluster] format),
+        /// img (sparse raw) or img.zst.
+        #[arg(long, value_name = "EXT")]
+        format: Option<String>,
+        /// The secrets directory (made 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        secrets: Option<PathBuf>,
+        /// Do not write a .bmap beside each image.
+        #[arg(long)]
+        no_bmap: bool,
+        /// Write every node again, even those whose inputs did not change.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        common: ClusterCommon,
+    },
+}
+
+/// What `cluster build` shares with `build`.
+#[derive(clap::Args, Debug)]
+struct ClusterCommon {
+    /// Base image of every node, overriding the inventory's [cluster] base. Never modified.
+    #[arg(long, value_name = "SOURCE")]
+    base: Option<PathBuf>,
+    /// Stack of the master (see `pibake build --help`).
+    #[arg(long, value_name = "STACK", default_value = "auto")]
+    stack: String,
+    /// Directory of roles, searched before the built-in ones; repeatable.
+    #[arg(long = "roles", value_name = "DIR")]
+    roles: Vec<PathBuf>,
+    /// Timestamp for everything written; default: the inventory's [defaults.build] epoch, then
+    /// SOURCE_DATE_EPOCH, then the previous build's, then now.
+    #[arg(long)]
+    epoch: Option<i64>,
+    #[command(flatten)]
+    acquire: super::fetch::BaseArgs,
 }
 
 /// Run `pibake cluster ...`.
-pub fn run(args: &Args, _ui: &super::Ui) -> anyhow::Result<()> {
+pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
     match &args.command {
         ClusterCommand::Plan { inventory, roles } => {
             let text = std::fs::read_to_string(inventory).map_err(|source| RecipeReadError {
@@ -49,9 +105,60 @@ pub fn run(args: &Args, _ui: &super::Ui) -> anyhow::Result<()> {
             // Every node's recipe is checked against its role, as a build would.
             for node in inv.nodes() {
                 let layers = Layers::resolve(&node.role, roles, &[])?;
-                inv.recipe(node, &text).validate(&layers)?;
+                inv.recipe(node, &text, None).validate(&layers)?;
             }
             print!("{}", inv.render());
+        }
+        ClusterCommand::Build {
+            inventory,
+            output,
+            format,
+            secrets,
+            no_bmap,
+            force,
+            common,
+        } => {
+            let req = cluster::build::Request {
+                inventory: inventory.clone(),
+                out_dir: output.clone(),
+                format: format.clone(),
+                secrets: secrets.clone(),
+                bmap: !no_bmap,
+                force: *force,
+                options: crate::bake::Options {
+                    recipe: inventory.clone(),
+                    document: None,
+                    base: common.base.as_ref().map(|b| b.display().to_string()),
+                    stack: common.stack.clone(),
+                    overlays: Vec::new(),
+                    roles: common.roles.clone(),
+                    epoch: common.epoch,
+                    acquire: common.acquire.options(),
+                    trust_cache: true,
+                    decode_first: false,
+                },
+            };
+            let m = cluster::build::build(&req, ui.progress.as_ref())?;
+            for n in &m.nodes {
+                let how = if n.written == "unchanged" {
+                    "unchanged".to_string()
+                } else {
+                    format!("{} bytes", n.bytes)
+                };
+                println!(
+                    "{:<8} {:<16} {}  {how}",
+                    n.role,
+                    n.hostname,
+                    n.image.display()
+                );
+            }
+            println!(
+                "cluster {} ({} nodes): {}",
+                m.name,
+                m.nodes.len(),
+                output.join("cluster.manifest.json").display()
+            );
+            println!("secrets kept in {}", m.secrets.display());
         }
     }
     Ok(())

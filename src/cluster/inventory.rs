@@ -72,6 +72,8 @@ pub struct Inventory {
     pub domain: String,
     /// Base image of every node, when the inventory names one.
     pub base: Option<String>,
+    /// Output format of every node as a file extension (`img.xz`), when the inventory names one.
+    pub format: Option<String>,
     /// The LAN: network address and prefix length.
     pub lan: (Ipv4Addr, u8),
     /// The master's dynamic pool, first and last address.
@@ -197,10 +199,10 @@ pub fn parse(file: &str, text: &str, lan_defaults: &LanDefaults) -> Result<Inven
     // [cluster]
     let cluster = &raw.cluster;
     for (k, v) in cluster {
-        if !["name", "domain", "base"].contains(&k.as_str()) {
+        if !["name", "domain", "base", "format"].contains(&k.as_str()) {
             return Err(r.err(
                 v.span(),
-                format!("unknown key {k:?} in [cluster]: it has name, domain and base"),
+                format!("unknown key {k:?} in [cluster]: it has name, domain, base and format"),
             ));
         }
     }
@@ -225,6 +227,22 @@ pub fn parse(file: &str, text: &str, lan_defaults: &LanDefaults) -> Result<Inven
         .get("base")
         .map(|v| r.string(v, "base"))
         .transpose()?;
+    let format = match cluster.get("format") {
+        Some(v) => {
+            let f = r.string(v, "format")?;
+            let f = f.trim_start_matches('.').to_string();
+            if crate::output::Format::from_path(std::path::Path::new(&format!("x.{f}"))).is_err() {
+                return Err(r.err(
+                    v.span(),
+                    format!(
+                        "format {f:?} is not an image format pibake writes (img, img.xz, img.zst)"
+                    ),
+                ));
+            }
+            Some(f)
+        }
+        None => None,
+    };
 
     // [defaults.SECTION] and the master's own sections.
     let (_, defaults) = split(&r, &raw.defaults, &[], "[defaults]")?;
@@ -375,6 +393,7 @@ pub fn parse(file: &str, text: &str, lan_defaults: &LanDefaults) -> Result<Inven
         name,
         domain,
         base,
+        format,
         lan,
         pool,
         master,

@@ -1,12 +1,14 @@
 //! A whole cluster from one inventory: every node's identity settled together ([`inventory`]),
 //! and what each node learns of the others (host names, reservations), computed once from it.
 //!
-//! This is the first part of issue 14: the inventory and `pibake cluster plan`. Building every
-//! node (the worker role, keys, per-node identity) comes next.
+//! [`build`] bakes every node from one base; [`trust`] holds the keys that let the nodes know
+//! each other without prompts.
 
+pub mod build;
 pub mod inventory;
 mod item;
 pub mod secrets;
+pub mod trust;
 
 use std::fmt::Write as _;
 
@@ -18,10 +20,28 @@ impl Inventory {
         std::iter::once(&self.master).chain(&self.workers)
     }
 
-    /// The lines every node's `/etc/hosts` gains: each node by its name in the cluster's
-    /// domain and by its short name, master first, so `ssh node03` works from any node.
+    /// The nodes `node` is told about at build time: the master knows every node; a worker
+    /// knows the master and itself, and finds the others through the master's DNS. So adding a
+    /// worker changes only the master's image and its own.
+    pub fn known_by<'a>(&'a self, node: &'a Node) -> Vec<&'a Node> {
+        if node.role == "master" {
+            self.nodes().collect()
+        } else {
+            vec![&self.master, node]
+        }
+    }
+
+    /// The `/etc/hosts` lines of every node, master first (the master's own `/etc/hosts`, which
+    /// its dnsmasq serves to the workers).
     pub fn hosts_lines(&self) -> Vec<String> {
-        self.nodes()
+        self.hosts_lines_of(self.nodes())
+    }
+
+    /// The `/etc/hosts` lines of `nodes`: each by its name in the cluster's domain and by its
+    /// short name, so `ssh node03` works.
+    fn hosts_lines_of<'a>(&self, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<String> {
+        nodes
+            .into_iter()
             .map(|n| {
                 format!(
                     "{}\t{}.{} {}",
@@ -44,9 +64,16 @@ impl Inventory {
     }
 
     /// The recipe of `node`: the inventory's sections for it, its `[node]` host name and role,
-    /// and `[cluster]` with the domain, every node's `/etc/hosts` line and (for the master) the
-    /// reservations. Values from the inventory keep their place in it, for errors.
-    pub fn recipe(&self, node: &Node, text: &str) -> crate::recipe::Document {
+    /// and `[cluster]` with the domain, the `/etc/hosts` lines of the nodes it knows and (for
+    /// the master) the reservations and the worker list; with `trust`, also its host key, the
+    /// host keys of the nodes it knows, and the cluster key (private half on the master, public
+    /// half authorised on the workers). Values from the inventory keep their place in it.
+    pub fn recipe(
+        &self,
+        node: &Node,
+        text: &str,
+        trust: Option<&trust::Trust>,
+    ) -> crate::recipe::Document {
         use toml::{Spanned, Value};
         let made = |v: Value| Spanned::new(0..0, v);
         let strings =
@@ -60,13 +87,41 @@ impl Inventory {
         n.insert("role".into(), made(Value::String(node.role.clone())));
         let c = sections.entry("cluster".into()).or_default();
         c.insert("domain".into(), made(Value::String(self.domain.clone())));
-        c.insert("hosts".into(), strings(self.hosts_lines()));
-        if node.role == "master" {
+        let known = self.known_by(node);
+        c.insert(
+            "hosts".into(),
+            strings(self.hosts_lines_of(known.iter().copied())),
+        );
+        let master = node.role == "master";
+        if master {
             let values = self.reservations();
             let values = values
                 .iter()
                 .map(|r| r.trim_start_matches("dhcp-host=").to_string());
             c.insert("reservations".into(), strings(values.collect()));
+            let workers = self.workers.iter().map(|w| w.hostname.clone());
+            c.insert("workers".into(), strings(workers.collect()));
+        }
+        if let Some(t) = trust {
+            if let Some(key) = t.hosts.get(&node.hostname) {
+                let private = Value::String(key.private_openssh());
+                c.insert("host_key".into(), made(private));
+                let public = Value::String(key.public_line());
+                c.insert("host_key_public".into(), made(public));
+            }
+            let lines = known.iter().filter_map(|n| t.known_hosts_line(self, n));
+            c.insert("known_hosts".into(), strings(lines.collect()));
+            if master {
+                let private = Value::String(t.client.private_openssh());
+                c.insert("client_key".into(), made(private));
+                let public = Value::String(t.client.public_line());
+                c.insert("client_key_public".into(), made(public));
+            } else {
+                c.insert(
+                    "authorized_keys".into(),
+                    strings(vec![t.client.public_line()]),
+                );
+            }
         }
         crate::recipe::Document::from_sections(&self.file, text, sections)
     }
@@ -109,7 +164,10 @@ impl Inventory {
                 n.role, n.hostname, n.address
             );
         }
-        let _ = writeln!(s, "every node's /etc/hosts gains");
+        let _ = writeln!(
+            s,
+            "the master's /etc/hosts gains (a worker's: the master and itself; it asks the master's DNS for the rest)"
+        );
         for l in self.hosts_lines() {
             let _ = writeln!(s, "  {l}");
         }

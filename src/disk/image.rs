@@ -343,6 +343,24 @@ impl Image {
         })
     }
 
+    /// A second, independent image over the same base: its own copy-on-write layer, the same
+    /// base device (so an `.xz` base's decoded blocks are shared, not decoded again). Fails
+    /// only for an image holding a temporary decoded copy, whose lifetime it cannot share.
+    pub fn fork(&self) -> Option<Self> {
+        if self._decoded.is_some() {
+            return None;
+        }
+        Some(Self {
+            source: self.source.clone(),
+            compression: self.compression,
+            disk: Arc::new(CowDisk::new(self.disk.base())),
+            table: self.table.clone(),
+            access: self.access.clone(),
+            xz: self.xz.clone(),
+            _decoded: None,
+        })
+    }
+
     /// How [`Image::open`] would reach `path`'s bytes, found without decoding anything.
     pub fn probe(path: &Path) -> Result<(Compression, Access), ImageError> {
         probe(path).map(|(c, a, _)| (c, a))

@@ -27,6 +27,8 @@ pub enum Type {
     CryptHash,
     /// One SSH public key line.
     SshPublicKey,
+    /// An unencrypted Ed25519 private key in OpenSSH's format (several lines).
+    SshPrivateKey,
     /// A Wi-Fi network name.
     WifiSsid,
     /// A WPA passphrase (8-63 printable characters) or 64 hex digits.
@@ -165,6 +167,14 @@ impl Type {
                         "not an SSH public key: expected one line like \"ssh-ed25519 AAAA... comment\""
                             .into(),
                     );
+                }
+            }
+            Type::SshPrivateKey => {
+                let k = string(field, v)?;
+                if let Err(e) = crate::sshkey::KeyPair::parse_private(k) {
+                    return Err(format!(
+                        "{field} is not an unencrypted Ed25519 OpenSSH private key: {e}"
+                    ));
                 }
             }
             Type::WifiSsid => {

@@ -18,6 +18,7 @@ mod build_outputs;
 mod build_routes;
 mod build_worker;
 mod cache_shared;
+mod cluster_build;
 mod cluster_plan;
 mod fs_edits;
 mod fs_gates;
