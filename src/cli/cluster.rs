@@ -64,7 +64,7 @@ enum ClusterCommand {
         #[arg(long)]
         force: bool,
         #[command(flatten)]
-        common: ClusterCommon,
+        common: Box<ClusterCommon>,
     },
 }
 
