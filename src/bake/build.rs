@@ -16,6 +16,8 @@ pub struct Extras {
     pub bmap: bool,
     /// Also write a Raspberry Pi Imager repository file with one entry for the image.
     pub imager: Option<ImagerRequest>,
+    /// Block-map hashes shared with other builds over the same base (a cluster's nodes).
+    pub bmap_hashes: Option<std::sync::Arc<crate::output::bmap::BaseHashes>>,
 }
 
 /// `--imager-json` and the fields of its entry.
@@ -77,7 +79,9 @@ pub fn build(
     let bmap = if extras.bmap {
         let ranges = crate::output::bmap::mapped_ranges(&p.image)?;
         let dest = PathBuf::from(format!("{}.bmap", out.display()));
-        let b = crate::output::bmap::write(&p.image.disk, &ranges, &dest, progress)?;
+        let shared = extras.bmap_hashes.as_deref();
+        let b =
+            crate::output::bmap::write_sharing(&p.image.disk, &ranges, &dest, shared, progress)?;
         outputs.push(OutputRecord::Bmap {
             path: b.path.clone(),
             format: "bmap".into(),

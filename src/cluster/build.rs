@@ -174,6 +174,7 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let base = bake::open_base(&opts, inv.base.as_deref(), progress)?;
     let mut records = Vec::new();
+    let bmap_hashes = std::sync::Arc::new(crate::output::bmap::BaseHashes::default());
     for (node, doc) in inv.nodes().zip(docs) {
         let fork = base
             .fork()
@@ -201,6 +202,7 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
         let extras = Extras {
             bmap: req.bmap,
             imager: None,
+            bmap_hashes: Some(bmap_hashes.clone()),
         };
         let built = bake::build(&mut p, &out, &extras, progress)
             .with_context(|| format!("node {}", node.hostname))?;

@@ -173,6 +173,11 @@ pub struct BmapWritten {
     pub mapped_blocks: u64,
 }
 
+/// The hashes of ranges no edit touched, remembered for the next image over the same base: the
+/// nodes of a cluster share most of their mapped bytes, so each is hashed once, not per node.
+#[derive(Debug, Default)]
+pub struct BaseHashes(std::sync::Mutex<std::collections::HashMap<(u64, u64), String>>);
+
 /// Hash each of `ranges` of `disk` and write the block map to `dest` (temporary name, then
 /// rename). `ranges` must be ascending, non-overlapping and block-aligned, as
 /// [`mapped_ranges`] returns them.
@@ -182,6 +187,25 @@ pub fn write(
     dest: &Path,
     progress: &dyn Progress,
 ) -> Result<BmapWritten, OutputError> {
+    write_sharing(disk, ranges, dest, None, progress)
+}
+
+/// [`write()`], taking the hash of every range the copy-on-write layer leaves as the base has
+/// it from `shared` when it is there, and leaving it there otherwise. Every image given the
+/// same `shared` must have the same base.
+pub fn write_sharing(
+    disk: &CowDisk,
+    ranges: &[Range<u64>],
+    dest: &Path,
+    shared: Option<&BaseHashes>,
+    progress: &dyn Progress,
+) -> Result<BmapWritten, OutputError> {
+    let changed = disk.changed_ranges();
+    let untouched = |r: &Range<u64>| !changed.iter().any(|c| c.start < r.end && r.start < c.end);
+    let memo = |r: &Range<u64>| {
+        let map = shared?.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(r.start, r.end)).cloned()
+    };
     let staged = Staged::new(dest)?;
     let len = disk.len();
     let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
@@ -199,6 +223,16 @@ pub fn write(
                 ),
             )));
         }
+        let base_bytes = shared.is_some() && untouched(r);
+        if base_bytes && let Some(known) = memo(r) {
+            done += r.end - r.start;
+            progress.set(done);
+            hashed.push(MappedRange {
+                bytes: r.clone(),
+                sha256: Some(known),
+            });
+            continue;
+        }
         let mut sha = Sha256::new();
         let mut at = r.start;
         while at < r.end {
@@ -210,9 +244,14 @@ pub fn write(
             done += n as u64;
             progress.set(done);
         }
+        let sum = hex::encode(sha.finalize());
+        if base_bytes && let Some(shared) = shared {
+            let mut map = shared.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.insert((r.start, r.end), sum.clone());
+        }
         hashed.push(MappedRange {
             bytes: r.clone(),
-            sha256: Some(hex::encode(sha.finalize())),
+            sha256: Some(sum),
         });
     }
     progress.end();
