@@ -173,6 +173,9 @@ pub struct BmapWritten {
     pub mapped_blocks: u64,
 }
 
+/// Where [`write_sharing`] cuts mapped ranges, so that most pieces are left as the base has them.
+const SHARE_PIECE: u64 = 64 << 20;
+
 /// The hashes of ranges no edit touched, remembered for the next image over the same base: the
 /// nodes of a cluster share most of their mapped bytes, so each is hashed once, not per node.
 #[derive(Debug, Default)]
@@ -202,6 +205,27 @@ pub fn write_sharing(
 ) -> Result<BmapWritten, OutputError> {
     let changed = disk.changed_ranges();
     let untouched = |r: &Range<u64>| !changed.iter().any(|c| c.start < r.end && r.start < c.end);
+    // Shared hashes pay off only for ranges no edit touched; cut long runs at fixed 64 MiB
+    // boundaries (the same for every node whatever its edits) so an edit costs its piece only.
+    let pieces: Vec<Range<u64>>;
+    let ranges = if shared.is_some() {
+        pieces = ranges
+            .iter()
+            .flat_map(|r| {
+                let mut v = Vec::new();
+                let mut at = r.start;
+                while at < r.end {
+                    let next = ((at / SHARE_PIECE) + 1) * SHARE_PIECE;
+                    v.push(at..next.min(r.end));
+                    at = next.min(r.end);
+                }
+                v
+            })
+            .collect();
+        &pieces[..]
+    } else {
+        ranges
+    };
     let memo = |r: &Range<u64>| {
         let map = shared?.0.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(r.start, r.end)).cloned()
