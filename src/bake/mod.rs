@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::output::route::Route;
 pub use build::{Built, Extras, ImagerRequest, build};
-pub use prepare::{open_base, prepare, prepare_on};
+pub use prepare::{now_secs, open_base, prepare, prepare_on, source_date_epoch};
 pub use verify::{Verified, VerifyError, verify};
 
 use crate::acquire::AcquireOptions;

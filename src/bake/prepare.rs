@@ -26,18 +26,29 @@ fn epoch(opts: &Options, v: &Validated) -> anyhow::Result<(i64, String)> {
     if let Some(e) = v.epoch() {
         return Ok((e, "recipe [build] epoch".into()));
     }
-    if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
-        let e = s.trim().parse::<i64>().map_err(|_| BadEpoch(s.clone()))?;
+    if let Some(e) = source_date_epoch()? {
         return Ok((e, "SOURCE_DATE_EPOCH".into()));
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     Ok((
-        now,
+        now_secs(),
         "the current time (set SOURCE_DATE_EPOCH for reproducible builds)".into(),
     ))
+}
+
+/// `SOURCE_DATE_EPOCH`, when set; refused when it is not a number of seconds.
+pub fn source_date_epoch() -> Result<Option<i64>, BadEpoch> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => s.trim().parse::<i64>().map(Some).map_err(|_| BadEpoch(s)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Seconds since 1970, now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// The recipe of a build: `opts.document` when the caller made it, else the file, validated

@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 
 use crate::cluster;
-use crate::overlay::Layers;
-use crate::recipe::RecipeReadError;
 
 /// `pibake cluster ...`.
 #[derive(clap::Args, Debug)]
@@ -92,21 +90,8 @@ struct ClusterCommon {
 pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
     match &args.command {
         ClusterCommand::Plan { inventory, roles } => {
-            let text = std::fs::read_to_string(inventory).map_err(|source| RecipeReadError {
-                path: inventory.clone(),
-                source,
-            })?;
-            let layers = Layers::resolve("master", roles, &[])?;
-            let inv = cluster::inventory::parse(
-                &inventory.display().to_string(),
-                &text,
-                &cluster::lan_defaults(&layers),
-            )?;
-            // Every node's recipe is checked against its role, as a build would.
-            for node in inv.nodes() {
-                let layers = Layers::resolve(&node.role, roles, &[])?;
-                inv.recipe(node, &text, None).validate(&layers)?;
-            }
+            let (inv, text) = cluster::build::load_inventory(inventory, roles)?;
+            cluster::build::validate_nodes(&inv, &text, roles, &[])?;
             print!("{}", inv.render());
         }
         ClusterCommand::Build {

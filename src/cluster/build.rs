@@ -98,6 +98,20 @@ pub struct NodeRecord {
     pub written: serde_json::Value,
 }
 
+/// Check every node's recipe against its role, as a build would, before anything is made.
+pub fn validate_nodes(
+    inv: &Inventory,
+    text: &str,
+    roles: &[PathBuf],
+    overlays: &[PathBuf],
+) -> anyhow::Result<()> {
+    for node in inv.nodes() {
+        let layers = Layers::resolve(&node.role, roles, overlays)?;
+        inv.recipe(node, text, None).validate(&layers)?;
+    }
+    Ok(())
+}
+
 /// Read and check the inventory: the parsed inventory and its text.
 pub fn load_inventory(path: &Path, roles: &[PathBuf]) -> anyhow::Result<(Inventory, String)> {
     let text = std::fs::read_to_string(path).map_err(|source| RecipeReadError {
@@ -138,10 +152,7 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
     // Every recipe is checked before anything is generated, opened or written.
     let mut opts = req.options.clone();
     opts.recipe = req.inventory.clone();
-    for node in inv.nodes() {
-        let layers = Layers::resolve(&node.role, roles, &opts.overlays)?;
-        inv.recipe(node, &text, None).validate(&layers)?;
-    }
+    validate_nodes(&inv, &text, roles, &opts.overlays)?;
     let secrets_dir = req
         .secrets
         .clone()
@@ -157,13 +168,13 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
     // that adds a node leaves the others as they were.
     let master_layers = Layers::resolve("master", roles, &opts.overlays)?;
     let recipe_epoch = docs[0].validate(&master_layers)?.epoch();
-    let (epoch, epoch_source) = match (opts.epoch, recipe_epoch, source_date_epoch()?) {
+    let (epoch, epoch_source) = match (opts.epoch, recipe_epoch, bake::source_date_epoch()?) {
         (Some(e), _, _) => (e, "--epoch".to_string()),
         (None, Some(e), _) => (e, "inventory [build] epoch".into()),
         (None, None, Some(e)) => (e, "SOURCE_DATE_EPOCH".into()),
         _ => match &previous {
             Some(m) => (m.epoch, format!("the previous build ({})", m.epoch_source)),
-            None => (now(), "the time of the first build".into()),
+            None => (bake::now_secs(), "the time of the first build".into()),
         },
     };
     opts.epoch = Some(epoch);
@@ -283,24 +294,6 @@ fn untouched(r: &NodeRecord, out: &Path) -> bool {
 fn mtime_ns(path: &Path) -> Option<u128> {
     let t = std::fs::metadata(path).ok()?.modified().ok()?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos())
-}
-
-fn source_date_epoch() -> anyhow::Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(s) => Ok(Some(
-            s.trim()
-                .parse::<i64>()
-                .map_err(|_| bake::BadEpoch(s.clone()))?,
-        )),
-        Err(_) => Ok(None),
-    }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl ClusterManifest {
