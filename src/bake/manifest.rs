@@ -130,15 +130,7 @@ impl Manifest {
 
     /// Write it atomically at `path` (a temporary file beside it, renamed into place).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let text = self.to_text()?;
-        let tmp = tempfile::NamedTempFile::new_in(
-            path.parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )?;
-        std::fs::write(tmp.path(), text)?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        write_whole(path, self.to_text()?.as_bytes())
     }
 
     /// Parse a manifest's text; the error says which field is wrong or missing.
@@ -158,6 +150,18 @@ impl Manifest {
             _ => None,
         }
     }
+}
+
+/// Write `bytes` to `path` whole or not at all: a temporary file beside it, then a rename.
+pub fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = tempfile::NamedTempFile::new_in(
+        path.parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
+    std::fs::write(tmp.path(), bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -304,10 +304,6 @@ impl ClusterManifest {
 
     /// Write it atomically.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::fs::write(tmp.path(), serde_json::to_vec_pretty(self)?)?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        bake::manifest::write_whole(path, &serde_json::to_vec_pretty(self)?)
     }
 }
