@@ -99,6 +99,12 @@ pub struct Facts {
     pub first_boot: FirstBoot,
     /// Where packaged systemd units live (`/usr/lib/systemd/system` or `/lib/systemd/system`).
     pub systemd_unit_dir: String,
+    /// What `/etc/machine-id` holds: `missing`, `empty`, `uninitialized` or `set` (a real id,
+    /// or anything else non-empty). A `set` id is cloned into every node built from the image.
+    pub machine_id: String,
+    /// `/var/lib/dbus/machine-id` is a regular file with content (Debian's dbus makes it a
+    /// symlink to `/etc/machine-id`; a regular file is a second copy of a cloned id).
+    pub dbus_machine_id: bool,
     /// The accounts in `/etc/passwd`, for the ids a new user gets. Not shown in plans: overlays
     /// read it through the `account` filter.
     #[serde(skip)]
@@ -238,6 +244,16 @@ pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, F
             }
         });
 
+    let machine_id = machine_id_state(read_text(root, "/etc/machine-id")?.as_deref()).to_string();
+    let dbus_machine_id = match root.stat("/var/lib/dbus/machine-id") {
+        Ok(s) if s.kind == Kind::File => !root
+            .read("/var/lib/dbus/machine-id")?
+            .trim_ascii()
+            .is_empty(),
+        Ok(_) | Err(FsError::NotFound(_)) => false,
+        Err(e) => return Err(e),
+    };
+
     let accounts = accounts(&read_text(root, "/etc/passwd")?.unwrap_or_default());
 
     let cmdline = read_text(boot, "/cmdline.txt")?.unwrap_or_default();
@@ -266,8 +282,20 @@ pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, F
         boot_mount,
         first_boot,
         systemd_unit_dir,
+        machine_id,
+        dbus_machine_id,
         accounts,
     })
+}
+
+/// The state of an `/etc/machine-id` with content `text` (`None`: the file is missing).
+pub(crate) fn machine_id_state(text: Option<&str>) -> &'static str {
+    match text.map(str::trim) {
+        None => "missing",
+        Some("") => "empty",
+        Some("uninitialized") => "uninitialized",
+        Some(_) => "set",
+    }
 }
 
 /// Whether `cmdline.txt` names the root partition's PARTUUID and `/etc/fstab` names both
@@ -324,6 +352,13 @@ mod tests {
         assert_eq!(
             (acc[1].name.as_str(), acc[1].uid, acc[1].gid),
             ("pi", 1000, Some(1000))
+        );
+        assert_eq!(machine_id_state(None), "missing");
+        assert_eq!(machine_id_state(Some("")), "empty");
+        assert_eq!(machine_id_state(Some("uninitialized\n")), "uninitialized");
+        assert_eq!(
+            machine_id_state(Some("5e3da3da0123456789abcdef01234567\n")),
+            "set"
         );
         assert_eq!(
             fstab_boot_mount(
