@@ -143,6 +143,12 @@ fn apply_one(op: &Op, epoch: i64, fs: &mut dyn FileOps) -> Result<bool, EditErro
         Action::Cmdline { key, value } => {
             edit::edit_text(fs, path, meta, |t| Ok(set_cmdline(t, key, value)))
         }
+        Action::Replace { from, to } => {
+            if !fs.exists(path)? {
+                return Ok(false);
+            }
+            edit::edit_text(fs, path, meta, |t| Ok(t.replace(from.as_str(), to)))
+        }
         Action::Symlink { target } => {
             ensure_parent(fs, path, epoch)?;
             match fs.stat(path) {

@@ -105,6 +105,10 @@ pub struct Facts {
     /// `/var/lib/dbus/machine-id` is a regular file with content (Debian's dbus makes it a
     /// symlink to `/etc/machine-id`; a regular file is a second copy of a cloned id).
     pub dbus_machine_id: bool,
+    /// The partition table: `mbr` or `gpt` (empty until [`Facts::note_table`]).
+    pub partition_table: String,
+    /// The MBR disk identifier as `PARTUUID=` names it (8 hex digits), or the GPT disk GUID.
+    pub disk_id: String,
     /// The accounts in `/etc/passwd`, for the ids a new user gets. Not shown in plans: overlays
     /// read it through the `account` filter.
     #[serde(skip)]
@@ -284,8 +288,22 @@ pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, F
         systemd_unit_dir,
         machine_id,
         dbus_machine_id,
+        partition_table: String::new(),
+        disk_id: String::new(),
         accounts,
     })
+}
+
+impl Facts {
+    /// Add what the partition table says (the filesystems cannot tell).
+    pub fn note_table(&mut self, table: &crate::disk::partition::PartitionTable) {
+        self.partition_table = match table.kind {
+            crate::disk::partition::TableKind::Mbr => "mbr",
+            crate::disk::partition::TableKind::Gpt => "gpt",
+        }
+        .into();
+        self.disk_id = table.disk_id.clone();
+    }
 }
 
 /// The state of an `/etc/machine-id` with content `text` (`None`: the file is missing).

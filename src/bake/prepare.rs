@@ -170,7 +170,8 @@ fn finish(opts: &Options, v: Validated, layers: &Layers, base: Base) -> anyhow::
         image.region(&boot_part, true).context("boot partition")?,
         epoch,
     )?;
-    let facts = facts::gather(&mut root, &mut boot)?;
+    let mut facts = facts::gather(&mut root, &mut boot)?;
+    facts.note_table(&image.table);
     let plan = plan::make(&v, &facts, layers, &opts.stack, epoch)?;
     Ok(Prepared {
         recipe: v,

@@ -1,6 +1,7 @@
 //! Carrying out the way `output::route` picks: apply the plan, then write every block encoded,
 //! xz blocks copied or spliced, the base decoded once, or a cached decoded copy cloned.
 
+use anyhow::Context as _;
 use std::path::Path;
 
 use super::Prepared;
@@ -89,6 +90,10 @@ pub(super) fn apply_and_write(
 /// Apply the plan, then clear what it freed, so no old bytes ship in the output.
 fn edit(p: &mut Prepared) -> anyhow::Result<crate::apply::Report> {
     let report = crate::apply::apply(&p.plan, &mut p.root, &mut p.boot)?;
+    if let Some(change) = &p.plan.disk_id {
+        crate::disk::partition::set_mbr_disk_id(&p.image.disk, &change.to)
+            .context("cannot write the new disk identifier")?;
+    }
     crate::scrub::zero_freed(&p.image)
         .map_err(|e| anyhow::Error::from(e).context("cannot clear the space the edits freed"))?;
     Ok(report)

@@ -1,4 +1,4 @@
-//! `pibake cluster plan` and `pibake cluster build`: a whole cluster from one inventory file.
+//! `pibake cluster plan`, `build` and `flash`: a whole cluster from one inventory file.
 
 use std::path::PathBuf;
 
@@ -45,9 +45,10 @@ enum ClusterCommand {
     Build {
         /// The inventory file.
         inventory: PathBuf,
-        /// The directory the images go to (created if missing).
+        /// The directory the images go to (created if missing); default INVENTORY-STEM.images
+        /// beside the inventory.
         #[arg(short, long, value_name = "DIR")]
-        output: PathBuf,
+        output: Option<PathBuf>,
         /// Output format of every image: img.xz (default, or the inventory's [cluster] format),
         /// img (sparse raw) or img.zst.
         #[arg(long, value_name = "EXT")]
@@ -63,6 +64,31 @@ enum ClusterCommand {
         force: bool,
         #[command(flatten)]
         common: Box<ClusterCommon>,
+    },
+    /// Write one node's image, as the last `cluster build` made it, to a card.
+    ///
+    /// Refuses when the inventory changed since that build or the image was touched after it
+    /// (build again first: only changed nodes are rewritten), then flashes like `pibake flash`:
+    /// only the mapped blocks (the node's .bmap), synced, read back and compared.
+    #[command(
+        after_help = "Examples:\n  pibake cluster build cluster.toml\n  pibake cluster flash cluster.toml node03 /dev/sdb\n  pibake cluster flash cluster.toml master /dev/mmcblk0 -o images/ --yes"
+    )]
+    Flash {
+        /// The inventory file.
+        inventory: PathBuf,
+        /// The node's host name (as `cluster plan` lists it).
+        node: String,
+        /// The card's whole-disk device (e.g. /dev/sdb, /dev/mmcblk0), or a regular file.
+        device: PathBuf,
+        /// The directory `cluster build` wrote to; default INVENTORY-STEM.images.
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// Write even to a device that is mounted, holds the system, or is not removable.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -103,6 +129,9 @@ pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
             force,
             common,
         } => {
+            let output = &output
+                .clone()
+                .unwrap_or_else(|| cluster::build::default_images_dir(inventory));
             let req = cluster::build::Request {
                 inventory: inventory.clone(),
                 out_dir: output.clone(),
@@ -144,6 +173,30 @@ pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
                 output.join("cluster.manifest.json").display()
             );
             println!("secrets kept in {}", m.secrets.display());
+        }
+        ClusterCommand::Flash {
+            inventory,
+            node,
+            device,
+            output,
+            force,
+            yes,
+        } => {
+            let dir = output
+                .clone()
+                .unwrap_or_else(|| cluster::build::default_images_dir(inventory));
+            let rec = cluster::pick::pick(inventory, &dir, node)?;
+            eprintln!(
+                "{} ({}, {}): {}",
+                rec.hostname,
+                rec.role,
+                rec.address,
+                rec.image.display()
+            );
+            let image = super::open::image(&rec.image, ui)?;
+            let report =
+                super::flash::flash_image(&image, device, rec.bmap.as_deref(), *force, *yes, ui)?;
+            eprintln!("{}", super::flash::summary(&rec.image, device, &report));
         }
     }
     Ok(())

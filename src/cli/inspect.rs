@@ -52,7 +52,8 @@ pub fn report(path: &std::path::Path, ui: &Ui) -> anyhow::Result<Report> {
     let image = open::image(path, ui)?;
     let mut root = open::root(&image)?;
     let mut boot = open::boot(&image)?;
-    let facts = facts::gather(&mut root, &mut boot)?;
+    let mut facts = facts::gather(&mut root, &mut boot)?;
+    facts.note_table(&image.table);
     let ext4 = root.info()?;
     let partuuids_consistent = facts::partuuids_consistent(
         &mut root,

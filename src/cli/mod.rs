@@ -205,6 +205,7 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<(Kind, Option<S
         crate::bake::VerifyError,
         crate::sshkey::KeyError,
         crate::cluster::secrets::SecretsError,
+        crate::cluster::pick::PickError,
         BadInput,
     );
     None

@@ -94,6 +94,9 @@ pub struct NodeRecord {
     pub inputs_digest: String,
     /// Fingerprint of the node's SSH host key (public).
     pub host_key: Option<String>,
+    /// The image's MBR disk identifier (`PARTUUID=` names `ID-01`, `ID-02`).
+    #[serde(default)]
+    pub disk_id: String,
     /// How the image was written (the route), or `unchanged` when this run left it alone.
     pub written: serde_json::Value,
 }
@@ -127,13 +130,23 @@ pub fn load_inventory(path: &Path, roles: &[PathBuf]) -> anyhow::Result<(Invento
     Ok((inv, text))
 }
 
+/// Where the images of the inventory at `path` go by default: `STEM.images` beside it.
+pub fn default_images_dir(path: &Path) -> PathBuf {
+    beside(path, "images")
+}
+
 /// Where the secrets of the inventory at `path` live by default: `STEM.secrets` beside it.
 pub fn default_secrets_dir(path: &Path) -> PathBuf {
+    beside(path, "secrets")
+}
+
+/// `STEM.what` beside the file at `path`.
+fn beside(path: &Path, what: &str) -> PathBuf {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "cluster".into());
-    path.with_file_name(format!("{stem}.secrets"))
+    path.with_file_name(format!("{stem}.{what}"))
 }
 
 /// Build every node; returns the cluster manifest (also written to `DIR/cluster.manifest.json`).
@@ -217,7 +230,11 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
         };
         let built = bake::build(&mut p, &out, &extras, progress)
             .with_context(|| format!("node {}", node.hostname))?;
-        records.push(record(node, &built, digest, key)?);
+        let disk_id = match &p.plan.disk_id {
+            Some(change) => change.to.clone(),
+            None => p.plan.facts.disk_id.clone(),
+        };
+        records.push(record(node, &built, digest, key, disk_id)?);
     }
     let manifest = ClusterManifest {
         pibake: env!("CARGO_PKG_VERSION").to_string(),
@@ -237,7 +254,8 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
     Ok(manifest)
 }
 
-fn manifest_path(dir: &Path) -> PathBuf {
+/// Where the cluster manifest of images directory `dir` is.
+pub(super) fn manifest_path(dir: &Path) -> PathBuf {
     dir.join("cluster.manifest.json")
 }
 
@@ -246,6 +264,7 @@ fn record(
     built: &bake::Built,
     inputs_digest: String,
     host_key: Option<String>,
+    disk_id: String,
 ) -> anyhow::Result<NodeRecord> {
     let path = &built.output.path;
     Ok(NodeRecord {
@@ -261,6 +280,7 @@ fn record(
         manifest: built.manifest.clone(),
         inputs_digest,
         host_key,
+        disk_id,
         written: serde_json::to_value(&built.route)?,
     })
 }
@@ -291,7 +311,7 @@ fn untouched(r: &NodeRecord, out: &Path) -> bool {
         && r.manifest.exists()
 }
 
-fn mtime_ns(path: &Path) -> Option<u128> {
+pub(super) fn mtime_ns(path: &Path) -> Option<u128> {
     let t = std::fs::metadata(path).ok()?.modified().ok()?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos())
 }

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod inventory;
 mod item;
+pub mod pick;
 pub mod secrets;
 pub mod trust;
 
@@ -29,6 +30,32 @@ impl Inventory {
         } else {
             vec![&self.master, node]
         }
+    }
+
+    /// `node`'s MBR disk identifier, unless the inventory gives one: derived from the cluster's
+    /// and the node's names, so each card differs from the others and from the base, and a
+    /// rebuild gives the same one.
+    pub fn disk_id(&self, node: &Node) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in ["pibake disk id", &self.name, &node.hostname] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        let d = h.finalize();
+        // Zero means "no id" to some tools; take the next four bytes then (never both zero in
+        // practice, and a zero id is not one anyway).
+        let id = if d[..4].iter().any(|&b| b != 0) {
+            &d[..4]
+        } else {
+            &d[4..8]
+        };
+        hex::encode(id)
+    }
+
+    /// `node`'s cloud-init instance id: the cluster's name and the node's.
+    pub fn instance_id(&self, node: &Node) -> String {
+        format!("{}-{}", self.name, node.hostname)
     }
 
     /// The `/etc/hosts` lines of every node, master first (the master's own `/etc/hosts`, which
@@ -85,6 +112,13 @@ impl Inventory {
             made(Value::String(node.hostname.clone())),
         );
         n.insert("role".into(), made(Value::String(node.role.clone())));
+        n.entry("instance_id".into())
+            .or_insert_with(|| made(Value::String(self.instance_id(node))));
+        sections
+            .entry("image".into())
+            .or_default()
+            .entry("disk_id".into())
+            .or_insert_with(|| made(Value::String(self.disk_id(node))));
         let c = sections.entry("cluster".into()).or_default();
         c.insert("domain".into(), made(Value::String(self.domain.clone())));
         let known = self.known_by(node);
@@ -158,9 +192,16 @@ impl Inventory {
             } else {
                 " (assigned after the pool)"
             };
+            let disk = n
+                .sections
+                .get("image")
+                .and_then(|i| i.get("disk_id"))
+                .and_then(|v| v.get_ref().as_str())
+                .and_then(crate::overlay::parse_disk_id)
+                .unwrap_or_else(|| self.disk_id(n));
             let _ = writeln!(
                 s,
-                "  {:<8} {:<16} {:<15} {how}{assigned}",
+                "  {:<8} {:<16} {:<15} disk {disk}  {how}{assigned}",
                 n.role, n.hostname, n.address
             );
         }

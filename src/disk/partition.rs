@@ -149,6 +149,17 @@ impl crate::error::Classify for PartitionError {
 
 const MBR_PROTECTIVE: u8 = 0xee;
 
+/// Write MBR disk identifier `id` (8 hex digits, as [`PartitionTable::disk_id`] shows it) into
+/// the disk's first sector: the 4 little-endian bytes at offset 440 that `PARTUUID=` names.
+pub fn set_mbr_disk_id(disk: &crate::disk::CowDisk, id: &str) -> std::io::Result<()> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("disk id {id:?}"));
+    let n = u32::from_str_radix(id, 16).map_err(|_| bad())?;
+    if id.len() != 8 {
+        return Err(bad());
+    }
+    disk.write_at(440, &n.to_le_bytes())
+}
+
 /// Read the partition table of `disk` (a region spanning the whole disk) and probe each partition.
 pub fn read(disk: &Region) -> Result<PartitionTable, PartitionError> {
     let len = disk.len();

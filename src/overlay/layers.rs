@@ -186,6 +186,7 @@ fn merge_schema(role: &str, overlays: &[Overlay]) -> Result<Schema, OverlayError
     let mut schema = Schema::default();
     let core = [
         ("image", "base", core_input(Type::String, None)),
+        ("image", "disk_id", core_input(Type::DiskId, None)),
         ("build", "epoch", core_input(Type::Integer, None)),
         (
             "node",

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub use expr::{Environment, environment};
 pub use layers::{Input, Layers, Schema, Stack};
-pub use types::{Type, is_label, parse_interface};
+pub use types::{Type, is_label, parse_disk_id, parse_interface};
 
 static BUILT_IN: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/overlays");
 
@@ -115,6 +115,8 @@ pub enum ActionKind {
     Line,
     /// Add user `value` to group `key` in `/etc/group`-format file `path`.
     GroupMember,
+    /// Replace every occurrence of `key` with `value` (no change when `key` does not occur).
+    Replace,
     /// Set kernel parameter `key=value` on the one-line `cmdline.txt`.
     Cmdline,
     /// Make `path` a symlink to `target`.
@@ -150,7 +152,7 @@ pub struct Entry {
     pub name: Option<String>,
     /// Line the block goes before (block).
     pub anchor: Option<String>,
-    /// Key (set-key, line, group-member, cmdline).
+    /// Key (set-key, line, group-member, cmdline; replace: what is replaced).
     pub key: Option<String>,
     /// Value (set-key, line, group-member, cmdline).
     pub value: Option<String>,

@@ -49,6 +49,19 @@ pub enum Type {
     Timezone,
     /// A keyboard layout name (`gb`).
     Keymap,
+    /// An MBR disk identifier: 8 hex digits, `0x` allowed (`0x1a2b3c4d`), not all zero.
+    DiskId,
+}
+
+/// The MBR disk identifier `s` as `PARTUUID=` names it (8 lowercase hex digits), or `None`
+/// when it is not 8 hex digits (after an optional `0x`) or is zero, which means "no id".
+pub fn parse_disk_id(s: &str) -> Option<String> {
+    let hex = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    let ok = hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    (ok && hex.bytes().any(|b| b != b'0')).then(|| hex.to_ascii_lowercase())
 }
 
 /// What a value is, for "must be a ..." messages.
@@ -302,6 +315,14 @@ impl Type {
                     ));
                 }
             }
+            Type::DiskId => {
+                let s = string(field, v)?;
+                if parse_disk_id(s).is_none() {
+                    return Err(format!(
+                        "{field} {s:?} is not an MBR disk identifier: use 8 hex digits, not all zero, e.g. \"0x1a2b3c4d\" (what `fdisk -l` calls the disk identifier)"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -313,6 +334,17 @@ mod tests {
 
     fn s(x: &str) -> Value {
         Value::String(x.into())
+    }
+
+    #[test]
+    fn disk_ids_are_read_as_partuuid_names_them() {
+        assert_eq!(parse_disk_id("0x1A2B3C4D").as_deref(), Some("1a2b3c4d"));
+        assert_eq!(parse_disk_id("0badcafe").as_deref(), Some("0badcafe"));
+        for bad in ["", "0x", "1a2b3c4", "1a2b3c4d5", "0x00000000", "zz2b3c4d", "-1a2b3c4"] {
+            assert_eq!(parse_disk_id(bad), None, "{bad}");
+            assert!(Type::DiskId.check("disk_id", &s(bad)).is_err(), "{bad}");
+        }
+        assert!(Type::DiskId.check("disk_id", &s("0xdeadbeef")).is_ok());
     }
 
     #[test]

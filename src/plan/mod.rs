@@ -76,6 +76,13 @@ pub enum Action {
         /// The member.
         user: String,
     },
+    /// Every occurrence of a string replaced by another (nothing when it does not occur).
+    Replace {
+        /// What is replaced.
+        from: String,
+        /// What replaces it.
+        to: String,
+    },
     /// Kernel command-line parameter.
     Cmdline {
         /// Parameter name.
@@ -119,6 +126,40 @@ pub struct Plan {
     pub epoch: i64,
     /// Operations, in order.
     pub ops: Vec<Op>,
+    /// A new MBR disk identifier, written after the operations (which rewrite the files that
+    /// name the old one).
+    pub disk_id: Option<DiskIdChange>,
+}
+
+/// `[image] disk_id`: the MBR disk identifier the image has and the one it gets, as
+/// `PARTUUID=` names them (8 hex digits). Templates see it as `disk_id_change`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskIdChange {
+    /// The base's identifier.
+    pub from: String,
+    /// The new one.
+    pub to: String,
+}
+
+/// The change `[image] disk_id` asks of an image with `facts`: `None` when it is not given or
+/// is the image's already.
+fn disk_id_change(v: &Validated, facts: &Facts) -> Result<Option<DiskIdChange>, PlanError> {
+    let Some(to) = v
+        .get("image", "disk_id")
+        .and_then(Value::as_str)
+        .and_then(crate::overlay::parse_disk_id)
+    else {
+        return Ok(None);
+    };
+    if facts.partition_table != "mbr" {
+        return Err(PlanError::DiskIdNeedsMbr {
+            table: facts.partition_table.clone(),
+        });
+    }
+    Ok((to != facts.disk_id).then(|| DiskIdChange {
+        from: facts.disk_id.clone(),
+        to,
+    }))
 }
 
 /// Why a plan could not be made.
@@ -156,6 +197,14 @@ pub enum PlanError {
         fact: String,
         /// The yes/no facts there are.
         known: String,
+    },
+    /// `[image] disk_id` on an image whose partitions are not named by an MBR disk id.
+    #[error(
+        "[image] disk_id sets an MBR disk identifier, but this image has a {table} partition table (Raspberry Pi OS images are MBR)"
+    )]
+    DiskIdNeedsMbr {
+        /// The table the image has.
+        table: String,
     },
     /// An overlay's `[[check]]` on the image failed.
     #[error("{message}")]
@@ -235,11 +284,16 @@ pub fn make(
     epoch: i64,
 ) -> Result<Plan, PlanError> {
     let release = release_name(facts);
+    let disk_id = disk_id_change(v, facts)?;
     let mut ctx = v.values().clone();
     for (k, val) in [
         ("facts", serde_json::to_value(facts).unwrap_or(Value::Null)),
         ("epoch", Value::from(epoch)),
         ("release", Value::from(release.clone())),
+        (
+            "disk_id_change",
+            serde_json::to_value(&disk_id).unwrap_or(Value::Null),
+        ),
     ] {
         let _ = set_path(&mut ctx, k, val);
     }
@@ -298,5 +352,6 @@ pub fn make(
         facts: facts.clone(),
         epoch,
         ops,
+        disk_id,
     })
 }

@@ -69,6 +69,10 @@ pub fn entry(
                 .collect(),
             user: need(&e.value, "value")?,
         },
+        ActionKind::Replace => Action::Replace {
+            from: need(&e.key, "key")?,
+            to: need(&e.value, "value")?,
+        },
         ActionKind::Cmdline => Action::Cmdline {
             key: need(&e.key, "key")?,
             value: need(&e.value, "value")?,

@@ -46,6 +46,13 @@ impl Plan {
         );
         let _ = writeln!(o, "role       {}", self.role);
         let _ = writeln!(o, "stack      {} ({})", self.stack, self.stack_reason);
+        if let Some(d) = &self.disk_id {
+            let _ = writeln!(
+                o,
+                "disk id    {} -> {} (PARTUUIDs {}-01, {}-02; cmdline.txt and fstab follow)",
+                d.from, d.to, d.to, d.to
+            );
+        }
         let _ = writeln!(o, "operations {}", self.ops.len());
         for op in &self.ops {
             let part = match op.partition {
@@ -65,6 +72,7 @@ impl Plan {
                     format!("add {user} to {}", groups.join(","))
                 }
                 Action::Cmdline { key, value } => format!("kernel parameter {key}={value}"),
+                Action::Replace { from, to } => format!("replace '{from}' with '{to}'"),
                 Action::Symlink { target } => format!("symlink -> {target}"),
                 Action::Enable { unit } => format!("enable {unit}"),
                 Action::Copy { source } => format!("copy from {source} if missing"),

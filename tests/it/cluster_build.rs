@@ -71,6 +71,8 @@ fn ok(cmd: &mut Command, what: &str) -> String {
 struct Node {
     root: PathBuf,
     boot: PathBuf,
+    /// The MBR disk identifier, as sfdisk reads it (8 hex digits).
+    disk_id: String,
 }
 
 fn open_node(img_xz: &Path, dir: &Path) -> Node {
@@ -86,9 +88,19 @@ fn open_node(img_xz: &Path, dir: &Path) -> Node {
     let e = expect("bookworm");
     let (ro, rl) = part(&e, 2);
     let (bo, bl) = part(&e, 1);
+    let label = ok(
+        Command::new("sfdisk").args(["--dump", raw.to_str().unwrap()]),
+        "sfdisk --dump",
+    );
+    let disk_id = label
+        .lines()
+        .find_map(|l| l.strip_prefix("label-id: 0x"))
+        .unwrap_or_else(|| panic!("no label-id in {label}"))
+        .to_string();
     let node = Node {
         root: dir.join("root"),
         boot: dir.join("boot"),
+        disk_id,
     };
     extract(&raw, ro, rl, &node.root);
     extract(&raw, bo, bl, &node.boot);
@@ -190,6 +202,24 @@ fn a_master_and_three_workers_are_baked_judged_by_real_tools_and_rebuilt_identic
         std::fs::create_dir(&dir).unwrap();
         let node = open_node(&out.join(format!("{name}.img.xz")), &dir);
         assert_eq!(cat(&node.root, "/etc/hostname"), format!("{name}\n"));
+        // Its own disk id, recorded in the manifest and named by cmdline.txt and fstab.
+        assert_eq!(n["disk_id"].as_str(), Some(node.disk_id.as_str()));
+        assert_ne!(
+            node.disk_id,
+            expect("bookworm")["disk_id"].as_str().unwrap()
+        );
+        let cmdline = String::from_utf8(mtype(&node.boot, "/cmdline.txt")).unwrap();
+        assert!(
+            cmdline.contains(&format!("root=PARTUUID={}-02 ", node.disk_id)),
+            "{cmdline}"
+        );
+        let fstab = cat(&node.root, "/etc/fstab");
+        for p in ["01", "02"] {
+            assert!(
+                fstab.contains(&format!("PARTUUID={}-{p} ", node.disk_id)),
+                "{fstab}"
+            );
+        }
         let host = key_out(
             &node.root,
             "/etc/ssh/pibake_host_ed25519_key",
@@ -228,6 +258,10 @@ fn a_master_and_three_workers_are_baked_judged_by_real_tools_and_rebuilt_identic
         );
         opened.push(node);
     }
+    let mut ids: Vec<&str> = opened.iter().map(|n| n.disk_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), opened.len(), "disk ids shared between nodes");
     let master = &opened[0];
 
     // The master knows every host key: ssh-keygen finds each node, by each of its names, in
@@ -411,4 +445,85 @@ fn an_inventory_error_is_refused_at_its_line_before_any_key_is_made() {
     assert!(said.contains(&format!("bad.toml:{line}:")), "{said}");
     assert!(said.contains("node01"), "{said}");
     assert!(!out.exists() && !tmp.path().join("bad.secrets").exists());
+}
+
+/// `cluster flash` writes the node's image as the last build made it (found in the default
+/// images directory), and refuses with exit 2, writing nothing, when the node is unknown, the
+/// inventory changed since, or the image was touched after the build.
+#[test]
+fn cluster_flash_writes_the_built_node_and_refuses_stale_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let inv = t.join("lab.toml");
+    let base = crate::common::fixture("bookworm");
+    std::fs::write(&inv, inventory(&base, &["node01"])).unwrap();
+    let (code, text) = run(&["cluster", "build", inv.to_str().unwrap(), "--format", "img"]);
+    assert_eq!(code, 0, "{text}");
+    let dir = t.join("lab.images");
+    let image = dir.join("node01.img");
+    assert!(image.is_file(), "{text}");
+
+    let card = t.join("card.img");
+    let card_len = std::fs::metadata(&image).unwrap().len();
+    std::fs::File::create(&card)
+        .unwrap()
+        .set_len(card_len)
+        .unwrap();
+    let flash = |node: &str| {
+        run(&[
+            "cluster",
+            "flash",
+            inv.to_str().unwrap(),
+            node,
+            card.to_str().unwrap(),
+            "--yes",
+        ])
+    };
+    let (code, text) = flash("node01");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("node01 (worker, 192.168.5."), "{text}");
+    assert_eq!(
+        sha256(&card),
+        sha256(&image),
+        "the card is not node01's image"
+    );
+
+    let zero_card = || {
+        std::fs::File::create(&card)
+            .unwrap()
+            .set_len(card_len)
+            .unwrap()
+    };
+    zero_card();
+    let blank = sha256(&card);
+    let (code, text) = flash("node09");
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("no node \"node09\"") && text.contains("boss, node01"),
+        "{text}"
+    );
+
+    // A touched image is not the one the build wrote.
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&image)
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let (code, text) = flash("node01");
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("is not the image `cluster build` wrote"),
+        "{text}"
+    );
+
+    // An inventory edited after the build.
+    let mut body = std::fs::read_to_string(&inv).unwrap();
+    body.push_str("\n[[worker]]\nhostname = \"node02\"\n");
+    std::fs::write(&inv, body).unwrap();
+    let (code, text) = flash("node01");
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("changed since the images"), "{text}");
+    assert_eq!(sha256(&card), blank, "a refused flash wrote to the card");
 }

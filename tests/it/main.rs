@@ -24,6 +24,7 @@ mod fs_edits;
 mod fs_gates;
 mod fuzz_corpus;
 mod hostile;
+mod identity;
 mod inspect_cli;
 mod kill_anywhere;
 mod output_bmap;
