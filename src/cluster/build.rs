@@ -160,12 +160,17 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
         .unwrap_or_else(|| "img.xz".into());
     let format = format.trim_start_matches('.').to_string();
     let out_dir = &req.out_dir;
-    let previous = ClusterManifest::read(&manifest_path(out_dir));
 
     // Every recipe is checked before anything is generated, opened or written.
     let mut opts = req.options.clone();
     opts.recipe = req.inventory.clone();
     validate_nodes(&inv, &text, roles, &opts.overlays)?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // Two builds into one directory would each keep or skip nodes from a manifest the other
+    // is about to replace: the second waits for the first, then sees what it wrote.
+    let _lock = lock_dir(out_dir, progress)?;
+    let previous = ClusterManifest::read(&manifest_path(out_dir));
     let secrets_dir = req
         .secrets
         .clone()
@@ -194,8 +199,6 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
     let out_format = crate::output::Format::from_path(Path::new(&format!("x.{format}")))?;
     opts.decode_first = out_format == crate::output::Format::Raw;
 
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let base = bake::open_base(&opts, inv.base.as_deref(), progress)?;
     let mut records = Vec::new();
     let bmap_hashes = std::sync::Arc::new(crate::output::bmap::BaseHashes::default());
@@ -252,6 +255,37 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
     };
     manifest.write(&manifest_path(out_dir))?;
     Ok(manifest)
+}
+
+/// Hold `dir/.pibake-cluster.lock` exclusively, saying so while another build holds it. The
+/// kernel drops the lock when its holder exits, killed or not.
+fn lock_dir(dir: &Path, progress: &dyn Progress) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(".pibake-cluster.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            progress.begin(
+                &format!(
+                    "waiting for another cluster build into {} to finish",
+                    dir.display()
+                ),
+                None,
+            );
+            let locked = file.lock();
+            progress.end();
+            locked.with_context(|| format!("cannot lock {}", path.display()))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(anyhow::Error::from(e).context(format!("cannot lock {}", path.display())));
+        }
+    }
+    Ok(file)
 }
 
 /// Where the cluster manifest of images directory `dir` is.

@@ -340,7 +340,15 @@ mod tests {
     fn disk_ids_are_read_as_partuuid_names_them() {
         assert_eq!(parse_disk_id("0x1A2B3C4D").as_deref(), Some("1a2b3c4d"));
         assert_eq!(parse_disk_id("0badcafe").as_deref(), Some("0badcafe"));
-        for bad in ["", "0x", "1a2b3c4", "1a2b3c4d5", "0x00000000", "zz2b3c4d", "-1a2b3c4"] {
+        for bad in [
+            "",
+            "0x",
+            "1a2b3c4",
+            "1a2b3c4d5",
+            "0x00000000",
+            "zz2b3c4d",
+            "-1a2b3c4",
+        ] {
             assert_eq!(parse_disk_id(bad), None, "{bad}");
             assert!(Type::DiskId.check("disk_id", &s(bad)).is_err(), "{bad}");
         }

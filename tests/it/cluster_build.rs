@@ -527,3 +527,38 @@ fn cluster_flash_writes_the_built_node_and_refuses_stale_images() {
     assert!(text.contains("changed since the images"), "{text}");
     assert_eq!(sha256(&card), blank, "a refused flash wrote to the card");
 }
+
+/// A second build into the same directory waits for the first (here a `flock` holding the
+/// directory's lock), says what it waits for, and then builds.
+#[test]
+fn a_cluster_build_waits_for_another_into_the_same_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let inv = t.join("lab.toml");
+    std::fs::write(&inv, inventory(&crate::common::fixture("bookworm"), &[])).unwrap();
+    let dir = t.join("lab.images");
+    std::fs::create_dir(&dir).unwrap();
+    let lock = dir.join(".pibake-cluster.lock");
+    let mut holder = Command::new("flock")
+        .args([lock.to_str().unwrap(), "sleep", "4"])
+        .spawn()
+        .expect("flock (util-linux)");
+    // Wait until the holder really holds it.
+    let held = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        !Command::new("flock")
+            .args(["-n", lock.to_str().unwrap(), "true"])
+            .status()
+            .unwrap()
+            .success()
+    });
+    assert!(held, "flock never took the lock");
+    let (code, text) = run(&["cluster", "build", inv.to_str().unwrap(), "--format", "img"]);
+    holder.wait().unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("waiting for another cluster build into"),
+        "{text}"
+    );
+    assert!(dir.join("boss.img").is_file());
+}
