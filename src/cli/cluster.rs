@@ -65,6 +65,24 @@ enum ClusterCommand {
         #[command(flatten)]
         common: Box<ClusterCommon>,
     },
+    /// Rebuild every node of the last `cluster build` and compare each image with it.
+    ///
+    /// Uses the same inventory, secrets, base and epoch (all recorded in
+    /// DIR/cluster.manifest.json), redoes every step without the cache's shortcuts, in a
+    /// scratch directory under DIR that is removed after. Exits 0 only if every node is
+    /// byte-identical; refuses when the inventory or the base changed since the build.
+    Verify {
+        /// The inventory file.
+        inventory: PathBuf,
+        /// The directory `cluster build` wrote to; default INVENTORY-STEM.images.
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// Directory of roles the build used; repeatable.
+        #[arg(long = "roles", value_name = "DIR")]
+        roles: Vec<PathBuf>,
+        #[command(flatten)]
+        acquire: super::fetch::BaseArgs,
+    },
     /// Write one node's image, as the last `cluster build` made it, to a card.
     ///
     /// Refuses when the inventory changed since that build or the image was touched after it
@@ -173,6 +191,48 @@ pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
                 output.join("cluster.manifest.json").display()
             );
             println!("secrets kept in {}", m.secrets.display());
+        }
+        ClusterCommand::Verify {
+            inventory,
+            output,
+            roles,
+            acquire,
+        } => {
+            let dir = output
+                .clone()
+                .unwrap_or_else(|| cluster::build::default_images_dir(inventory));
+            let options = crate::bake::Options {
+                recipe: inventory.clone(),
+                document: None,
+                base: None,
+                stack: "auto".into(),
+                overlays: Vec::new(),
+                roles: roles.clone(),
+                epoch: None,
+                acquire: acquire.options(),
+                trust_cache: false,
+                decode_first: false,
+            };
+            let checks = cluster::verify::verify(inventory, &dir, &options, ui.progress.as_ref())?;
+            let differ: Vec<_> = checks.iter().filter(|c| c.actual != c.expected).collect();
+            for c in &checks {
+                let how = if c.actual == c.expected {
+                    "reproduced".to_string()
+                } else {
+                    format!("DIFFERS: rebuilt {}", c.actual)
+                };
+                println!("{:<16} sha256 {}  {how}", c.hostname, c.expected);
+            }
+            if !differ.is_empty() {
+                let names: Vec<_> = differ.iter().map(|c| c.hostname.as_str()).collect();
+                anyhow::bail!(
+                    "not reproducible: {} of {} nodes differ ({})",
+                    differ.len(),
+                    checks.len(),
+                    names.join(", ")
+                );
+            }
+            eprintln!("reproduced: all {} nodes byte-identical", checks.len());
         }
         ClusterCommand::Flash {
             inventory,

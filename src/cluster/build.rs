@@ -206,8 +206,15 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
         let fork = base
             .fork()
             .ok_or_else(|| anyhow::anyhow!("the base cannot be shared between nodes"))?;
+        // `--stack` names one of the master's stacks; the other roles choose their own.
+        let stack = if node.role == "master" {
+            opts.stack.clone()
+        } else {
+            "auto".to_string()
+        };
         let node_opts = Options {
             document: Some(doc),
+            stack,
             ..opts.clone()
         };
         let mut p = bake::prepare_on(&node_opts, fork, progress)

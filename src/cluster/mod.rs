@@ -10,6 +10,7 @@ mod item;
 pub mod pick;
 pub mod secrets;
 pub mod trust;
+pub mod verify;
 
 use std::fmt::Write as _;
 

@@ -562,3 +562,49 @@ fn a_cluster_build_waits_for_another_into_the_same_directory() {
     );
     assert!(dir.join("boss.img").is_file());
 }
+
+/// `cluster verify` rebuilds every node (the master with the stack it was built with) and finds
+/// them byte-identical; a recorded hash that is not what the inputs give is reported by node,
+/// exit 1. `pibake verify` on a node's own manifest points at `cluster verify`.
+#[test]
+fn cluster_verify_rebuilds_every_node_and_names_the_ones_that_differ() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let inv = t.join("lab.toml");
+    std::fs::write(
+        &inv,
+        inventory(&crate::common::fixture("bookworm"), &["node01"]),
+    )
+    .unwrap();
+    let i = inv.to_str().unwrap();
+    let (code, text) = run(&[
+        "cluster", "build", i, "--format", "img", "--stack", "modern",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = run(&["cluster", "verify", i]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("reproduced: all 2 nodes byte-identical"),
+        "{text}"
+    );
+    let dir = t.join("lab.images");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("verify"))
+        .collect();
+    assert!(leftovers.is_empty(), "scratch left behind");
+
+    let node = dir.join("node01.img.manifest.json");
+    let (code, text) = run(&["verify", node.to_str().unwrap()]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("run `pibake cluster verify"), "{text}");
+
+    let path = dir.join("cluster.manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["nodes"][1]["sha256"] = "0".repeat(64).into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let (code, text) = run(&["cluster", "verify", i]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("1 of 2 nodes differ (node01)"), "{text}");
+}
