@@ -105,6 +105,9 @@ pub struct Facts {
     /// `/var/lib/dbus/machine-id` is a regular file with content (Debian's dbus makes it a
     /// symlink to `/etc/machine-id`; a regular file is a second copy of a cloned id).
     pub dbus_machine_id: bool,
+    /// Files of [`NODE_STATE`] the image has: a base made from a booted card carries them, and
+    /// every clone would share them.
+    pub node_state: Vec<String>,
     /// The partition table: `mbr` or `gpt` (empty until [`Facts::note_table`]).
     pub partition_table: String,
     /// The MBR disk identifier as `PARTUUID=` names it (8 hex digits), or the GPT disk GUID.
@@ -175,6 +178,16 @@ fn read_text(fs: &mut dyn FileOps, path: &str) -> Result<Option<String>, FsError
 fn exists(fs: &mut dyn FileOps, path: &str) -> Result<bool, FsError> {
     fs.exists(path)
 }
+
+/// Files a system creates once and keeps as its own, so clones of one image would share them:
+/// NetworkManager's and systemd's per-machine secrets, systemd's random seed, and the leases
+/// dnsmasq handed out.
+pub const NODE_STATE: [&str; 4] = [
+    "/var/lib/NetworkManager/secret_key",
+    "/var/lib/systemd/credential.secret",
+    "/var/lib/systemd/random-seed",
+    "/var/lib/misc/dnsmasq.leases",
+];
 
 /// Read the facts from the root and boot filesystems of an image.
 pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, FsError> {
@@ -258,6 +271,13 @@ pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, F
         Err(e) => return Err(e),
     };
 
+    let mut node_state = Vec::new();
+    for path in NODE_STATE {
+        if matches!(root.stat(path), Ok(s) if s.kind == Kind::File) {
+            node_state.push(path.to_string());
+        }
+    }
+
     let accounts = accounts(&read_text(root, "/etc/passwd")?.unwrap_or_default());
 
     let cmdline = read_text(boot, "/cmdline.txt")?.unwrap_or_default();
@@ -288,6 +308,7 @@ pub fn gather(root: &mut dyn FileOps, boot: &mut dyn FileOps) -> Result<Facts, F
         systemd_unit_dir,
         machine_id,
         dbus_machine_id,
+        node_state,
         partition_table: String::new(),
         disk_id: String::new(),
         accounts,

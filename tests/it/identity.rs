@@ -177,9 +177,10 @@ fn disk_ids_that_cannot_be_are_refused() {
     assert!(!dir.path().join("bad.img").exists());
 }
 
-/// A base that carries a real machine-id (and dbus's own copy of it) gets back what the
-/// release ships: empty on bookworm, `uninitialized` on trixie, mode 0444; a base without one
-/// plans nothing for it.
+/// A base that carries a real machine-id (and dbus's own copy of it, NetworkManager's secret
+/// key and systemd's random seed, as a booted card does) gets back what the release ships:
+/// machine-id empty on bookworm, `uninitialized` on trixie, mode 0444, the rest removed; a
+/// base without them plans nothing for them.
 #[test]
 fn a_machine_id_baked_into_the_base_is_cleared() {
     let body = "[node]\nhostname = \"ident\"\n";
@@ -196,7 +197,14 @@ fn a_machine_id_baked_into_the_base_is_cleared() {
             ])
             .output()
             .unwrap();
-        assert!(!String::from_utf8_lossy(&plan.stdout).contains("/etc/machine-id"));
+        let clean_plan = String::from_utf8_lossy(&plan.stdout);
+        assert!(!clean_plan.contains("/etc/machine-id"), "{clean_plan}");
+        assert!(!clean_plan.contains("random-seed"), "{clean_plan}");
+        // The fixtures ship NetworkManager's secret key, as an image whose build ran it can.
+        assert!(
+            clean_plan.contains("/var/lib/NetworkManager/secret_key"),
+            "{clean_plan}"
+        );
 
         let base = fixture_with_root(
             release,
@@ -206,7 +214,10 @@ fn a_machine_id_baked_into_the_base_is_cleared() {
              debugfs -w -R 'write /tmp/pibake-mid /etc/machine-id' FS >/dev/null && \
              debugfs -w -R 'mkdir /var/lib/dbus' FS >/dev/null 2>&1; \
              debugfs -w -R 'rm /var/lib/dbus/machine-id' FS >/dev/null 2>&1; \
-             debugfs -w -R 'write /tmp/pibake-mid /var/lib/dbus/machine-id' FS >/dev/null",
+             debugfs -w -R 'write /tmp/pibake-mid /var/lib/dbus/machine-id' FS >/dev/null; \
+             debugfs -w -R 'mkdir /var/lib/NetworkManager' FS >/dev/null 2>&1; \
+             debugfs -w -R 'write /tmp/pibake-mid /var/lib/NetworkManager/secret_key' FS >/dev/null; \
+             debugfs -w -R 'write /tmp/pibake-mid /var/lib/systemd/random-seed' FS >/dev/null",
         );
         let plan = pibake_in(&test_cache())
             .args([
@@ -234,8 +245,14 @@ fn a_machine_id_baked_into_the_base_is_cleared() {
         );
         let st = debugfs(&root, "stat /etc/machine-id");
         assert!(st.contains("Mode:  0444"), "{st}");
-        let gone = debugfs(&root, "stat /var/lib/dbus/machine-id");
-        assert!(!gone.contains("Inode:"), "{gone}");
+        for p in [
+            "/var/lib/dbus/machine-id",
+            "/var/lib/NetworkManager/secret_key",
+            "/var/lib/systemd/random-seed",
+        ] {
+            let gone = debugfs(&root, &format!("stat {p}"));
+            assert!(!gone.contains("Inode:"), "{release}: {p} kept: {gone}");
+        }
     }
 }
 
