@@ -22,20 +22,6 @@ pub enum VerifyError {
         /// What is missing.
         what: String,
     },
-    /// A cluster node's manifest: its recipe comes from the inventory and the secrets.
-    #[error(
-        "{} is the manifest of a node of the cluster built from {}: run `pibake cluster verify {}`{}",
-        .manifest.display(), .inventory.display(), .inventory.display(),
-        .dir.as_ref().map(|d| format!(" -o {}", d.display())).unwrap_or_default()
-    )]
-    ClusterNode {
-        /// The node manifest.
-        manifest: PathBuf,
-        /// The cluster's inventory.
-        inventory: PathBuf,
-        /// The images directory, when it is not the inventory's default.
-        dir: Option<PathBuf>,
-    },
     /// An input changed since the manifest was written.
     #[error("{what} changed since the build: sha256 {actual}, the manifest recorded {expected}")]
     InputChanged {
@@ -76,16 +62,6 @@ pub fn verify(
         what,
     };
     let m = Manifest::parse(&text).map_err(bad)?;
-    if let Some(inventory) = crate::cluster::verify::node_of_cluster(manifest) {
-        let dir = manifest.parent().map(Path::to_path_buf);
-        let default = crate::cluster::build::default_images_dir(&inventory);
-        return Err(VerifyError::ClusterNode {
-            manifest: manifest.to_path_buf(),
-            inventory,
-            dir: dir.filter(|d| *d != default),
-        }
-        .into());
-    }
     let inputs = &m.inputs;
     let base = inputs.base.path.clone();
     let recipe = inputs.recipe.path.clone();

@@ -207,6 +207,7 @@ pub struct VerifyArgs {
 
 /// Run `pibake verify`.
 pub fn verify(args: &VerifyArgs, ui: &Ui) -> anyhow::Result<()> {
+    crate::cluster::verify::refuse_node_manifest(&args.manifest)?;
     let v = bake::verify(
         &args.manifest,
         &args.acquire.options(),

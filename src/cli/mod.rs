@@ -206,6 +206,7 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<(Kind, Option<S
         crate::sshkey::KeyError,
         crate::cluster::secrets::SecretsError,
         crate::cluster::pick::PickError,
+        crate::cluster::verify::ClusterNode,
         BadInput,
     );
     None

@@ -104,10 +104,46 @@ pub fn verify(
     Ok(checks)
 }
 
-/// The cluster whose build in the directory of `manifest` lists that node manifest, if any:
-/// its inventory. `pibake verify` sends such manifests to `cluster verify`, since a node's
-/// recipe is made from the inventory and the secrets, not read from a file.
-pub fn node_of_cluster(manifest: &Path) -> Option<PathBuf> {
+/// A cluster node's manifest given to `pibake verify`: its recipe is made from the inventory
+/// and the secrets, not read from a file, so only `cluster verify` can rebuild it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} is the manifest of a node of the cluster built from {}: run `pibake cluster verify {}`{}",
+    .manifest.display(), .inventory.display(), .inventory.display(),
+    .dir.as_ref().map(|d| format!(" -o {}", d.display())).unwrap_or_default()
+)]
+pub struct ClusterNode {
+    /// The node manifest.
+    pub manifest: PathBuf,
+    /// The cluster's inventory.
+    pub inventory: PathBuf,
+    /// The images directory, when it is not the inventory's default.
+    pub dir: Option<PathBuf>,
+}
+
+impl crate::error::Classify for ClusterNode {
+    fn kind(&self) -> crate::error::Kind {
+        crate::error::Kind::BadInput
+    }
+}
+
+/// Refuse `manifest` when it is a node of a cluster build (see [`ClusterNode`]).
+pub fn refuse_node_manifest(manifest: &Path) -> Result<(), ClusterNode> {
+    let Some(inventory) = node_of_cluster(manifest) else {
+        return Ok(());
+    };
+    let dir = manifest.parent().map(Path::to_path_buf);
+    let default = super::build::default_images_dir(&inventory);
+    Err(ClusterNode {
+        manifest: manifest.to_path_buf(),
+        dir: dir.filter(|d| *d != default),
+        inventory,
+    })
+}
+
+/// The inventory of the cluster whose build in the directory of `manifest` lists that node
+/// manifest, if any.
+fn node_of_cluster(manifest: &Path) -> Option<PathBuf> {
     let dir = manifest.parent().filter(|d| !d.as_os_str().is_empty())?;
     let m = ClusterManifest::read(&manifest_path(dir))?;
     let name = manifest.file_name()?;
