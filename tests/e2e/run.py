@@ -16,6 +16,14 @@ For each fixture it runs these scenarios, each on freshly booted VMs (see vm.py)
   dhcp-silent-uplink  master's uplink NIC present but nothing on it (no upstream): the worker
                    still gets its lease, and DHCP did not wait for the uplink (issue 15 item 4).
   dhcp-no-uplink   the master has no uplink NIC at all: same.
+  cluster          `pibake cluster build` of a master and one worker (node01, reserved for the
+                   worker VM's MAC at 192.168.5.101, outside the pool); both images booted, the
+                   worker being pibake's too. PASS means: the worker has its reserved address
+                   and host name; the master's DNS, asked directly, names node01 (how workers
+                   find each other) and the worker's resolver resolves master.e2e.lan; the
+                   master's user logs into node01 with the baked cluster key under
+                   StrictHostKeyChecking=yes, while the same login with the baked known hosts
+                   hidden is refused (so it is they that vouch for node01); egress as above.
   control-unconfigured  the fixture itself as master: must FAIL, at the lease. (The two
                    controls run on the first fixture only, unless asked for with --only.)
   control-no-nat-at-boot  pibake's master with nftables.service not enabled (an extra overlay
@@ -116,7 +124,8 @@ class Cluster:
     # The clusters of the scenario being run, so that its logs can be shown whatever failed.
     current = []
 
-    def __init__(self, rundir, accel, master_img, fixture, upstream=True, uplink_nic=True):
+    def __init__(self, rundir, accel, master_img, fixture, upstream=True, uplink_nic=True,
+                 worker_img=None):
         os.makedirs(rundir, exist_ok=True)
         Cluster.current.append(self)
         self.rundir, self.accel = rundir, accel
@@ -125,7 +134,8 @@ class Cluster:
         if uplink_nic:
             nics.append((self.uplink.end(0), MAC["master-uplink"]))
         self.master = VM("master", master_img, rundir, accel, nics)
-        self.worker = VM("worker", fixture, rundir, accel, [(self.lan.end(1), MAC["worker"])])
+        self.worker = VM("worker", worker_img or fixture, rundir, accel,
+                         [(self.lan.end(1), MAC["worker"])])
         self.upstream = VM("upstream", fixture, rundir, accel,
                            [(self.uplink.end(1), MAC["upstream"])]) if upstream else None
         self.vms = [v for v in (self.upstream, self.master, self.worker) if v]
@@ -382,11 +392,119 @@ def scenario_no_nat(env, shape, fixture, d):
         raise
 
 
+# The cluster scenario's worker, reserved by the MAC the harness gives the worker VM.
+NODE01, NODE01_ADDR, DOMAIN = "node01", "192.168.5.101", "e2e.lan"
+
+
+def cluster_inventory(env, fixture):
+    r = env.recipe
+    q = lambda v: '"%s"' % v  # noqa: E731 (TOML basic strings; the values hold no quotes)
+    lines = ['[cluster]', 'name = "e2e"', 'domain = %s' % q(DOMAIN), 'base = %s' % q(fixture), '',
+             '[defaults.user]', 'name = %s' % q(r["user"]["name"]),
+             'password = %s' % q(r["user"]["password"]),
+             'ssh_authorized_keys = [%s]' % q(r["user"]["ssh_authorized_keys"][0]), '',
+             '[defaults.ssh]', 'enabled = true', 'password_authentication = false', '',
+             '[defaults.build]', 'epoch = %d' % r["build"]["epoch"], '',
+             '[master]', 'hostname = "master"', '', '[master.network]']
+    for k, v in r["network"].items():
+        lines.append("%s = %s" % (k, "[%s]" % ", ".join(map(q, v)) if isinstance(v, list) else q(v)))
+    lines += ['', '[master.wifi]'] + ["%s = %s" % (k, q(v)) for k, v in r["wifi"].items()]
+    lines += ['', '[[worker]]', 'hostname = %s' % q(NODE01), 'mac = %s' % q(MAC["worker"]),
+              'address = %s' % q(NODE01_ADDR), '']
+    return "\n".join(lines)
+
+
+def dns_query(vm, server, name):
+    """The A records `server` gives for `name`, asked with a hand-made UDP query from vm (the
+    fixtures have no dig), or None when it does not answer."""
+    script = r"""
+import socket, struct, sys
+name, server = sys.argv[1], sys.argv[2]
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00\x00\x01\x00\x01"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+s.sendto(q, (server, 53)); r = s.recv(512)
+i = 12
+while r[i]: i += r[i] + 1
+i += 5
+for _ in range(struct.unpack(">H", r[6:8])[0]):
+    i += 2 if r[i] & 0xc0 == 0xc0 else 0
+    t, _, _, n = struct.unpack(">HHIH", r[i:i + 10]); i += 10
+    if t == 1 and n == 4: print("A", socket.inet_ntoa(r[i:i + 4]))
+    i += n
+"""
+    b64 = base64.b64encode(script.encode()).decode()
+    rc, out = vm.run("echo %s | base64 -d > /run/pibake-e2e/dnsq.py && python3 /run/pibake-e2e/dnsq.py %s %s"
+                     % (b64, name, server), timeout=20)
+    return re.findall(r"^A (\S+)$", out or "", re.M) if rc == 0 else None
+
+
+def check_cluster(c, user):
+    checks = []
+    addr = poll(lambda: (ipv4_of(c.worker, "eth0") == NODE01_ADDR) or None, LEASE_TIMEOUT[c.accel])
+    got = ipv4_of(c.worker, "eth0")
+    checks.append(Check("reserved-lease", bool(addr), got if addr else
+                        "the worker has %s, not its reservation %s" % (got, NODE01_ADDR)))
+    rc, out = c.worker.run("hostname", timeout=15)
+    name = (out or "").strip()
+    checks.append(Check("hostname", rc == 0 and name == NODE01, "" if name == NODE01 else
+                        "the worker calls itself %r" % name))
+    master_addr = c.master_lan_addr
+    answer = poll(lambda: dns_query(c.worker, master_addr, "%s.%s" % (NODE01, DOMAIN)) or None, 60, every=5)
+    checks.append(Check("dns-from-master", answer == [NODE01_ADDR], "" if answer == [NODE01_ADDR] else
+                        "the master's DNS gave %r for %s.%s" % (answer, NODE01, DOMAIN)))
+    rc, out = c.worker.run("getent hosts master.%s" % DOMAIN, timeout=20)
+    resolved = rc == 0 and (out or "").split()[:1] == [master_addr]
+    checks.append(Check("resolves-master", resolved, "" if resolved else
+                        "getent hosts master.%s on the worker: %r" % (DOMAIN, (out or "").strip())))
+    ssh = ("runuser -u %s -- ssh -o BatchMode=yes -o ConnectTimeout=20 -o StrictHostKeyChecking=yes %%s %s "
+           "'echo in-$(hostname)-as-$(id -un)'" % (user, NODE01))
+    ok = None
+    for _ in range(6):  # the worker's sshd may still be starting
+        rc, out = c.master.run(ssh % "", timeout=60)
+        ok = rc == 0 and ("in-%s-as-%s" % (NODE01, user)) in (out or "")
+        if ok:
+            break
+        time.sleep(10)
+    checks.append(Check("ssh-from-master", ok, "" if ok else
+                        "ssh %s from the master: %s" % (NODE01, (out or "").strip()[-200:])))
+    rc, out = c.master.run(ssh % "-o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null",
+                           timeout=60)
+    vouched = rc != 0 and "Host key verification failed" in (out or "")
+    checks.append(Check("known-hosts-vouch", vouched, "" if vouched else
+                        "without the baked known hosts the login gave rc %s: %s" % (rc, (out or "").strip()[-200:])))
+    return checks
+
+
+def scenario_cluster(env, shape, fixture, d):
+    inv = os.path.join(d, "e2e.toml")
+    open(inv, "w").write(cluster_inventory(env, fixture))
+    images = os.path.join(d, "images")
+    cmd = [env.args.pibake, "cluster", "build", inv, "-o", images, "--format", "img", "--stack", "modern"]
+    envv = dict(os.environ, PIBAKE_CACHE_DIR=os.path.join(env.args.workdir, "pibake-cache"))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=envv)
+    if done.returncode != 0:
+        raise E2EError("pibake cluster build failed: " + (done.stderr.strip() or done.stdout.strip())[-400:])
+    c = Cluster(d, env.accel, os.path.join(images, "master.img"), fixture,
+                worker_img=os.path.join(images, NODE01 + ".img"))
+    c.master_lan_addr = env.recipe["network"]["address"].split("/")[0]
+    try:
+        c.boot()
+        checks = check_cluster(c, env.recipe["user"]["name"])
+        if checks[0].ok:
+            checks += check_egress(c)
+        return c, checks
+    except BaseException:
+        c.close()
+        raise
+
+
 # name -> (function, the checks that must fail; None = every check must pass)
 SCENARIOS = {
     "modern": (scenario_modern, None),
     "dhcp-silent-uplink": (scenario_dhcp(uplink_nic=True), None),
     "dhcp-no-uplink": (scenario_dhcp(uplink_nic=False), None),
+    "cluster": (scenario_cluster, None),
     "control-unconfigured": (scenario_unconfigured, {"lease"}),
     # Without the rules the worker's packets leave unmasqueraded (so the upstream cannot answer
     # them) and nothing stops the upstream's connection coming in.
