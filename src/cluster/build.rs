@@ -274,24 +274,17 @@ fn lock_dir(dir: &Path, progress: &dyn Progress) -> anyhow::Result<std::fs::File
         .truncate(false)
         .open(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            progress.begin(
-                &format!(
-                    "waiting for another cluster build into {} to finish",
-                    dir.display()
-                ),
-                None,
-            );
-            let locked = file.lock();
-            progress.end();
-            locked.with_context(|| format!("cannot lock {}", path.display()))?;
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(anyhow::Error::from(e).context(format!("cannot lock {}", path.display())));
-        }
-    }
+    let waiting = format!(
+        "waiting for another cluster build into {} to finish",
+        dir.display()
+    );
+    crate::acquire::cache::lock_waiting(
+        &file,
+        crate::acquire::cache::LockMode::Exclusive,
+        &waiting,
+        progress,
+    )
+    .with_context(|| format!("cannot lock {}", path.display()))?;
     Ok(file)
 }
 

@@ -9,7 +9,7 @@ use crate::progress::Progress;
 
 /// How a lock is held: by many at once, or by one alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
+pub enum Mode {
     /// Many holders at once.
     Shared,
     /// One holder alone.
@@ -35,28 +35,36 @@ pub(super) fn lock_file(
         .truncate(false)
         .open(path)
         .map_err(|e| io("cannot create", e))?;
+    let waiting = format!(
+        "waiting for another pibake to finish: {what} (lock {})",
+        path.display()
+    );
+    lock_waiting(&file, mode, &waiting, progress).map_err(|e| io("cannot lock", e))?;
+    Ok(file)
+}
+
+/// Lock the open `file` in `mode`; while another holder excludes us, show `waiting` and wait.
+pub fn lock_waiting(
+    file: &File,
+    mode: Mode,
+    waiting: &str,
+    progress: &dyn Progress,
+) -> std::io::Result<()> {
     let tried = match mode {
         Mode::Shared => file.try_lock_shared(),
         Mode::Exclusive => file.try_lock(),
     };
     match tried {
-        Ok(()) => {}
+        Ok(()) => Ok(()),
         Err(fs::TryLockError::WouldBlock) => {
-            progress.begin(
-                &format!(
-                    "waiting for another pibake to finish: {what} (lock {})",
-                    path.display()
-                ),
-                None,
-            );
+            progress.begin(waiting, None);
             let locked = match mode {
                 Mode::Shared => file.lock_shared(),
                 Mode::Exclusive => file.lock(),
             };
             progress.end();
-            locked.map_err(|e| io("cannot lock", e))?;
+            locked
         }
-        Err(fs::TryLockError::Error(e)) => return Err(io("cannot lock", e)),
+        Err(fs::TryLockError::Error(e)) => Err(e),
     }
-    Ok(file)
 }

@@ -16,6 +16,7 @@ mod lock;
 mod verify;
 
 use lock::{Mode, lock_file};
+pub use lock::{Mode as LockMode, lock_waiting};
 pub use verify::VerifyReport;
 
 use super::Verification;
