@@ -42,6 +42,18 @@ pub struct Inputs {
     pub epoch_source: String,
 }
 
+impl Inputs {
+    /// The `--stack` that rebuilds what these inputs built: the stack the build used, checked
+    /// by planning like any `--stack`; "none" is what overlays without stacks record, and only
+    /// `auto` gives it.
+    pub fn replay_stack(&self) -> String {
+        match self.stack.as_str() {
+            "none" => "auto".to_string(),
+            name => name.to_string(),
+        }
+    }
+}
+
 /// The base image as read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseInput {

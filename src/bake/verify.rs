@@ -80,12 +80,7 @@ pub fn verify(
             .into());
         }
     }
-    // The stack the build used, checked by planning like any --stack; "none" is what overlays
-    // without stacks record, and only `auto` gives it.
-    let stack = match inputs.stack.as_str() {
-        "none" => "auto".to_string(),
-        name => name.to_string(),
-    };
+    let stack = inputs.replay_stack();
     let overlays = inputs.overlays.clone();
     let roles = inputs.roles.clone();
     let epoch = inputs.epoch;

@@ -147,9 +147,7 @@ pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
             force,
             common,
         } => {
-            let output = &output
-                .clone()
-                .unwrap_or_else(|| cluster::build::default_images_dir(inventory));
+            let output = &images_dir(output, inventory);
             let req = cluster::build::Request {
                 inventory: inventory.clone(),
                 out_dir: output.clone(),
@@ -198,22 +196,14 @@ pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
             roles,
             acquire,
         } => {
-            let dir = output
-                .clone()
-                .unwrap_or_else(|| cluster::build::default_images_dir(inventory));
-            let options = crate::bake::Options {
-                recipe: inventory.clone(),
-                document: None,
-                base: None,
-                stack: "auto".into(),
-                overlays: Vec::new(),
-                roles: roles.clone(),
-                epoch: None,
-                acquire: acquire.options(),
-                trust_cache: false,
-                decode_first: false,
-            };
-            let checks = cluster::verify::verify(inventory, &dir, &options, ui.progress.as_ref())?;
+            let dir = images_dir(output, inventory);
+            let checks = cluster::verify::verify(
+                inventory,
+                &dir,
+                roles,
+                &acquire.options(),
+                ui.progress.as_ref(),
+            )?;
             let differ: Vec<_> = checks.iter().filter(|c| c.actual != c.expected).collect();
             for c in &checks {
                 let how = if c.actual == c.expected {
@@ -242,9 +232,7 @@ pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
             force,
             yes,
         } => {
-            let dir = output
-                .clone()
-                .unwrap_or_else(|| cluster::build::default_images_dir(inventory));
+            let dir = images_dir(output, inventory);
             let rec = cluster::pick::pick(inventory, &dir, node)?;
             eprintln!(
                 "{} ({}, {}): {}",
@@ -260,4 +248,11 @@ pub fn run(args: &Args, ui: &super::Ui) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `-o DIR`, else the inventory's default images directory.
+fn images_dir(output: &Option<PathBuf>, inventory: &std::path::Path) -> PathBuf {
+    output
+        .clone()
+        .unwrap_or_else(|| cluster::build::default_images_dir(inventory))
 }

@@ -33,11 +33,20 @@ impl Inventory {
         }
     }
 
-    /// `node`'s MBR disk identifier, unless the inventory gives one: derived from the cluster's
-    /// and the node's names, so each card differs from the others and from the base, and a
-    /// rebuild gives the same one.
+    /// `node`'s MBR disk identifier: the inventory's `[image] disk_id` for it when given, else
+    /// derived from the cluster's and the node's names, so each card differs from the others
+    /// and from the base, and a rebuild gives the same one.
     pub fn disk_id(&self, node: &Node) -> String {
         use sha2::{Digest, Sha256};
+        if let Some(given) = node
+            .sections
+            .get("image")
+            .and_then(|i| i.get("disk_id"))
+            .and_then(|v| v.get_ref().as_str())
+            .and_then(crate::overlay::parse_disk_id)
+        {
+            return given;
+        }
         let mut h = Sha256::new();
         for part in ["pibake disk id", &self.name, &node.hostname] {
             h.update(part.as_bytes());
@@ -193,13 +202,7 @@ impl Inventory {
             } else {
                 " (assigned after the pool)"
             };
-            let disk = n
-                .sections
-                .get("image")
-                .and_then(|i| i.get("disk_id"))
-                .and_then(|v| v.get_ref().as_str())
-                .and_then(crate::overlay::parse_disk_id)
-                .unwrap_or_else(|| self.disk_id(n));
+            let disk = self.disk_id(n);
             let _ = writeln!(
                 s,
                 "  {:<8} {:<16} {:<15} disk {disk}  {how}{assigned}",

@@ -54,21 +54,13 @@ impl crate::error::Classify for PickError {
     }
 }
 
-/// The record of `node`'s image in the cluster built from `inventory` into `dir`, checked to
-/// be current: the inventory hashes as it did then, and the image is as it was written.
-pub fn pick(inventory: &Path, dir: &Path, node: &str) -> anyhow::Result<NodeRecord> {
+/// The manifest of the cluster built from `inventory` into `dir`, refused when there is none
+/// or the inventory no longer hashes as it did then.
+pub(super) fn current_build(inventory: &Path, dir: &Path) -> anyhow::Result<ClusterManifest> {
     let m = ClusterManifest::read(&manifest_path(dir)).ok_or_else(|| PickError::NoBuild {
         dir: dir.to_path_buf(),
         inventory: inventory.to_path_buf(),
     })?;
-    let Some(rec) = m.nodes.iter().find(|n| n.hostname == node) else {
-        return Err(PickError::UnknownNode {
-            node: node.to_string(),
-            dir: dir.to_path_buf(),
-            known: m.nodes.iter().map(|n| n.hostname.clone()).collect(),
-        }
-        .into());
-    };
     let now = crate::acquire::cache::hash_file(inventory, &mut |_| {})?;
     if now != m.inventory_sha256 {
         return Err(PickError::InventoryChanged {
@@ -77,6 +69,21 @@ pub fn pick(inventory: &Path, dir: &Path, node: &str) -> anyhow::Result<NodeReco
         }
         .into());
     }
+    Ok(m)
+}
+
+/// The record of `node`'s image in the cluster built from `inventory` into `dir`, checked to
+/// be current: the inventory hashes as it did then, and the image is as it was written.
+pub fn pick(inventory: &Path, dir: &Path, node: &str) -> anyhow::Result<NodeRecord> {
+    let m = current_build(inventory, dir)?;
+    let Some(rec) = m.nodes.iter().find(|n| n.hostname == node) else {
+        return Err(PickError::UnknownNode {
+            node: node.to_string(),
+            dir: dir.to_path_buf(),
+            known: m.nodes.iter().map(|n| n.hostname.clone()).collect(),
+        }
+        .into());
+    };
     // The manifest names files as the build was told to; they sit in `dir` whatever the
     // directory the build was run from.
     let mut rec = rec.clone();

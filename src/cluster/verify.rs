@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::build::{ClusterManifest, Request, manifest_path};
-use super::pick::PickError;
+use crate::acquire::AcquireOptions;
 use crate::bake::{Options, VerifyError};
 use crate::progress::Progress;
 
@@ -21,26 +21,16 @@ pub struct NodeCheck {
 }
 
 /// Rebuild the cluster built from `inventory` into `dir` beside it (in a scratch directory
-/// under `dir`, removed afterwards) and compare; `options` gives the acquisition settings and
-/// roles. Refuses when the inventory or the base changed since the build.
+/// under `dir`, removed afterwards) and compare; `roles` are used when the master's manifest,
+/// which records them, is gone. Refuses when the inventory or the base changed since the build.
 pub fn verify(
     inventory: &Path,
     dir: &Path,
-    options: &Options,
+    roles: &[PathBuf],
+    acquire: &AcquireOptions,
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<NodeCheck>> {
-    let m = ClusterManifest::read(&manifest_path(dir)).ok_or_else(|| PickError::NoBuild {
-        dir: dir.to_path_buf(),
-        inventory: inventory.to_path_buf(),
-    })?;
-    let now = crate::acquire::cache::hash_file(inventory, &mut |_| {})?;
-    if now != m.inventory_sha256 {
-        return Err(PickError::InventoryChanged {
-            inventory: inventory.to_path_buf(),
-            dir: dir.to_path_buf(),
-        }
-        .into());
-    }
+    let m = super::pick::current_build(inventory, dir)?;
     let base = crate::acquire::cache::hash_file(&m.base, &mut |_| {})?;
     if base != m.base_sha256 {
         return Err(VerifyError::InputChanged {
@@ -60,9 +50,8 @@ pub fn verify(
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| crate::bake::manifest::Manifest::parse(&t).ok());
     let (stack, roles) = match &master {
-        Some(mm) if mm.inputs.stack != "none" => (mm.inputs.stack.clone(), mm.inputs.roles.clone()),
-        Some(mm) => ("auto".to_string(), mm.inputs.roles.clone()),
-        None => (options.stack.clone(), options.roles.clone()),
+        Some(mm) => (mm.inputs.replay_stack(), mm.inputs.roles.clone()),
+        None => ("auto".to_string(), roles.to_vec()),
     };
     let scratch = tempfile::Builder::new()
         .prefix(".pibake-verify-")
@@ -78,12 +67,14 @@ pub fn verify(
             recipe: inventory.to_path_buf(),
             document: None,
             base: Some(m.base.display().to_string()),
-            epoch: Some(m.epoch),
             stack,
+            overlays: Vec::new(),
             roles,
+            epoch: Some(m.epoch),
+            acquire: acquire.clone(),
             // Everything redone: no decoded copy or remembered hash stands in for work.
             trust_cache: false,
-            ..options.clone()
+            decode_first: false,
         },
     };
     let rebuilt = super::build::build(&req, progress)?;
