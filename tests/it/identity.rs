@@ -53,6 +53,15 @@ fn filesystems(image: &Path) -> (PathBuf, PathBuf) {
     filesystems_in(image, image.parent().unwrap())
 }
 
+/// What `pibake plan` prints for the recipe `build` last wrote into `dir`, on `base`.
+fn plan(dir: &Path, base: &Path) -> String {
+    let o = pibake_in(&test_cache())
+        .args(["plan", s(&dir.join("recipe.toml")), "--base", s(base)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn build(dir: &Path, base: &Path, body: &str, out: &str) -> std::process::Output {
     let recipe = dir.join("recipe.toml");
     std::fs::write(&recipe, body).unwrap();
@@ -111,16 +120,7 @@ fn a_new_disk_id_is_written_with_cmdline_and_fstab_to_match() {
             .unwrap(),
             "{release}"
         );
-        let plan = pibake_in(&test_cache())
-            .args([
-                "plan",
-                s(&dir.path().join("recipe.toml")),
-                "--base",
-                s(&fixture(release)),
-            ])
-            .output()
-            .unwrap();
-        let plan = String::from_utf8_lossy(&plan.stdout);
+        let plan = plan(dir.path(), &fixture(release));
         assert!(
             plan.contains(&format!("disk id    {old} -> c0ffee42")),
             "{plan}"
@@ -188,16 +188,7 @@ fn a_machine_id_baked_into_the_base_is_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let clean = build(dir.path(), &fixture(release), body, "clean.img");
         assert!(clean.status.success());
-        let plan = pibake_in(&test_cache())
-            .args([
-                "plan",
-                s(&dir.path().join("recipe.toml")),
-                "--base",
-                s(&fixture(release)),
-            ])
-            .output()
-            .unwrap();
-        let clean_plan = String::from_utf8_lossy(&plan.stdout);
+        let clean_plan = plan(dir.path(), &fixture(release));
         assert!(!clean_plan.contains("/etc/machine-id"), "{clean_plan}");
         assert!(!clean_plan.contains("random-seed"), "{clean_plan}");
         // The fixtures ship NetworkManager's secret key, as an image whose build ran it can.
@@ -219,16 +210,7 @@ fn a_machine_id_baked_into_the_base_is_cleared() {
              debugfs -w -R 'write /tmp/pibake-mid /var/lib/NetworkManager/secret_key' FS >/dev/null; \
              debugfs -w -R 'write /tmp/pibake-mid /var/lib/systemd/random-seed' FS >/dev/null",
         );
-        let plan = pibake_in(&test_cache())
-            .args([
-                "plan",
-                s(&dir.path().join("recipe.toml")),
-                "--base",
-                s(&base),
-            ])
-            .output()
-            .unwrap();
-        let plan = String::from_utf8_lossy(&plan.stdout);
+        let plan = plan(dir.path(), &base);
         assert!(plan.contains("the base carries a machine-id"), "{plan}");
         assert!(
             plan.contains("a second copy of the base's machine-id"),
