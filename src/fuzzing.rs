@@ -174,7 +174,7 @@ pub fn xz_index(data: &[u8]) {
 }
 
 /// One block as stored (header to check) with the index's word on its sizes: liblzma's block
-/// decoder behind pibake's checks, then the splicer over the decoded bytes with an edit.
+/// decoder behind pibake's checks, then the block cutter over the decoded bytes with an edit.
 ///
 /// Layout: check ID, 3 bytes of uncompressed size (little-endian), 1 byte whose low two bits
 /// are the padding the index implies, 1 byte placing an edit; the rest is the block.
@@ -202,10 +202,10 @@ pub fn xz_block(data: &[u8]) {
     let at = usize::from(head[5]) * edited.len() / 256;
     edited[at] ^= 0x5a;
     let changed: Vec<std::ops::Range<usize>> = std::iter::once(at..at + 1).collect();
-    let _ = crate::xz::splice(raw, check, &edited, &changed);
+    let _ = crate::xz::layout(raw, check, &edited, &changed, false);
 }
 
-/// The LZMA2 chunk parser the splicer uses to find what it can keep.
+/// The LZMA2 chunk parser the block cutter uses to find what it can keep.
 pub fn lzma2(data: &[u8]) {
     let _ = crate::xz::lzma2_chunks(data);
 }

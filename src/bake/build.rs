@@ -18,6 +18,8 @@ pub struct Extras {
     pub imager: Option<ImagerRequest>,
     /// Block-map hashes shared with other builds over the same base (a cluster's nodes).
     pub bmap_hashes: Option<std::sync::Arc<crate::output::bmap::BaseHashes>>,
+    /// Compressed pieces and decoded blocks shared with other builds over the same `.xz` base.
+    pub xz_pieces: Option<std::sync::Arc<crate::output::xz_patch::Pieces>>,
 }
 
 /// `--imager-json` and the fields of its entry.
@@ -62,7 +64,8 @@ pub fn build(
     extras: &Extras,
     progress: &dyn Progress,
 ) -> anyhow::Result<Built> {
-    let (report, mut output, route) = apply_and_write(p, out, progress)?;
+    let (report, mut output, route) =
+        apply_and_write(p, out, extras.xz_pieces.as_deref(), progress)?;
     if output.raw_sha256.is_none() && extras.imager.is_some() {
         // Imager checks the extracted image's SHA-256: the one thing the patch route skipped.
         output.raw_sha256 = Some(raw_sha256(p, progress)?);

@@ -1,5 +1,5 @@
 //! Carrying out the way `output::route` picks: apply the plan, then write every block encoded,
-//! xz blocks copied or spliced, the base decoded once, or a cached decoded copy cloned.
+//! xz blocks copied or rewritten, the base decoded once, or a cached decoded copy cloned.
 
 use anyhow::Context as _;
 use std::path::Path;
@@ -16,6 +16,7 @@ use crate::progress::Progress;
 pub(super) fn apply_and_write(
     p: &mut Prepared,
     out: &Path,
+    pieces: Option<&crate::output::xz_patch::Pieces>,
     progress: &dyn Progress,
 ) -> anyhow::Result<(crate::apply::Report, Written, Route)> {
     let format = Format::from_path(out)?;
@@ -31,9 +32,18 @@ pub(super) fn apply_and_write(
     if way == Way::XzPatch {
         let report = edit(p)?;
         let threads = crate::output::threads() as usize;
-        let w = crate::output::xz_patch::write_patched(&xz, &p.image.disk, out, threads, progress)?;
+        let w = crate::output::xz_patch::write_patched(
+            &xz,
+            &p.image.disk,
+            out,
+            threads,
+            pieces,
+            progress,
+        )?;
         let route = Route::XzPatch {
+            base_blocks: w.base_blocks,
             blocks: w.blocks,
+            reused: w.reused,
             reencoded: w.reencoded,
             copied_bytes: w.copied_bytes,
             compressed_again: w.compressed_again,

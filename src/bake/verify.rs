@@ -115,7 +115,7 @@ pub fn verify(
         .suffix(if by_raw { ".img" } else { ".img.xz" })
         .tempfile_in(dir)?;
     let mut p = prepared;
-    let (_, written, _) = apply_and_write(&mut p, tmp.path(), progress)?;
+    let (_, written, _) = apply_and_write(&mut p, tmp.path(), None, progress)?;
     let actual = if by_raw {
         written.raw_sha256.unwrap_or_default()
     } else {

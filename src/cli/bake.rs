@@ -148,6 +148,7 @@ pub fn build(args: &BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     let extras = Extras {
         bmap: args.bmap,
         bmap_hashes: None,
+        xz_pieces: None,
         imager: args.imager_json.as_ref().map(|path| ImagerRequest {
             path: path.clone(),
             name: args.imager_name.clone(),

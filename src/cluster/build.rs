@@ -202,6 +202,8 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
     let base = bake::open_base(&opts, inv.base.as_deref(), progress)?;
     let mut records = Vec::new();
     let bmap_hashes = std::sync::Arc::new(crate::output::bmap::BaseHashes::default());
+    // Every node is built over this one base, so they share what each compressed and decoded.
+    let xz_pieces = std::sync::Arc::new(crate::output::xz_patch::Pieces::default());
     for (node, doc) in inv.nodes().zip(docs) {
         let fork = base
             .fork()
@@ -237,6 +239,7 @@ pub fn build(req: &Request, progress: &dyn Progress) -> anyhow::Result<ClusterMa
             bmap: req.bmap,
             imager: None,
             bmap_hashes: Some(bmap_hashes.clone()),
+            xz_pieces: Some(xz_pieces.clone()),
         };
         let built = bake::build(&mut p, &out, &extras, progress)
             .with_context(|| format!("node {}", node.hostname))?;

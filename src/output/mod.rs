@@ -18,6 +18,7 @@ use crate::progress::Progress;
 
 pub mod bmap;
 pub mod clone;
+mod direct;
 pub mod flash;
 mod hash_behind;
 pub mod imager;
@@ -242,6 +243,12 @@ impl Staged {
     /// A second handle on the temporary file, for writing.
     pub(crate) fn file(&self) -> Result<File, OutputError> {
         self.tmp.reopen().map_err(|e| self.write_err(e))
+    }
+
+    /// A writer for the temporary file from its start, past the page cache where the system
+    /// allows it (see `direct`): for outputs written front to back in one pass.
+    pub(crate) fn sequential(&self) -> Result<direct::OutFile, OutputError> {
+        Ok(direct::OutFile::open(self.tmp.path(), self.file()?))
     }
 
     /// The error for a failed write to this output.

@@ -36,18 +36,23 @@ pub enum Route {
     /// output's encoder.
     Full,
     /// `.img.xz` from an `.img.xz` base: untouched xz blocks copied as they are, touched ones
-    /// re-encoded.
+    /// rewritten as smaller blocks.
     XzPatch {
+        /// Blocks in the base.
+        base_blocks: usize,
         /// Blocks in the output.
         blocks: usize,
-        /// Blocks re-encoded because the build changed them.
+        /// Base blocks rewritten because the build changed them.
         reencoded: usize,
         /// Compressed bytes copied verbatim from the base: whole blocks, and LZMA2 chunks kept
-        /// inside re-encoded ones.
+        /// at the start of rewritten ones.
         copied_bytes: u64,
         /// Decoded bytes that went through the compressor again.
         compressed_again: u64,
-        /// Re-encoded blocks compressed whole, because their chunks could not be spliced.
+        /// Decoded bytes whose compressed pieces another build of the same base had made.
+        reused: u64,
+        /// Rewritten blocks whose chunks could not be read (another filter chain), so none was
+        /// kept.
         whole: usize,
     },
     /// Raw output from an `.img.xz` base whose decoded copy was not cached: every block decoded
@@ -71,16 +76,27 @@ impl Route {
         match self {
             Route::Full => "every block encoded".into(),
             Route::XzPatch {
+                base_blocks,
                 blocks,
                 reencoded,
                 compressed_again,
+                reused,
                 ..
-            } => format!(
-                "{} of {blocks} xz blocks copied verbatim, {reencoded} spliced \
-                 ({:.1} MiB compressed again)",
-                blocks - reencoded,
-                *compressed_again as f64 / 1048576.0
-            ),
+            } => {
+                let mib = |b: &u64| *b as f64 / 1048576.0;
+                let shared = if *reused > 0 {
+                    format!(", {:.1} MiB shared with another node", mib(reused))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} of {base_blocks} xz blocks copied verbatim, {reencoded} rewritten as {} \
+                     ({:.1} MiB compressed again{shared})",
+                    base_blocks - reencoded,
+                    blocks + reencoded - base_blocks,
+                    mib(compressed_again)
+                )
+            }
             Route::XzDecode { cached: true } => {
                 "base decoded once (kept in the cache for the next build)".into()
             }

@@ -1,22 +1,10 @@
 //! Compressing with liblzma's raw and block encoders: preset 6's options, a lone-LZMA2 filter
-//! chain, a stretch of LZMA2 chunks over a preset dictionary, a block header, and a whole block.
-
-use std::ops::Range;
+//! chain, a block header, and a whole block.
 
 use liblzma_sys as sys;
 
 /// Compression preset, as `xz -6` (the default and what Raspberry Pi OS uses).
 pub const PRESET: u32 = 6;
-
-/// The window of a re-encoded run: its encoder's dictionary, and the most edited bytes before
-/// the run that it starts from. Smaller than xz's 8 MiB at preset 6 on purpose: the encoder's
-/// memory grows with its dictionary (about 11 bytes per byte), several encoders run at once, and
-/// matches further back are rare in disk images. The decoder keeps the base's dictionary size,
-/// which is never smaller, so every match stays in reach.
-const WINDOW: usize = 2 << 20;
-
-/// The shortest preset dictionary a re-encoded run gets (see [`encode_run`]).
-const MIN_PRESET: usize = 64 << 10;
 
 /// The property byte of preset 6 (lc=3, lp=0, pb=2), for a block without compressed chunks.
 pub(crate) const DEFAULT_PROPS: u8 = (2 * 5) * 9 + 3;
@@ -58,64 +46,6 @@ pub(crate) fn lzma_options(dict: u32, props: u8) -> Result<sys::lzma_options_lzm
     Ok(o)
 }
 
-/// Compress `edited[run]` as LZMA2 chunks appended to `out`, without an end marker: a fresh
-/// model (its first compressed chunk declares `props`) over a dictionary preloaded with up to
-/// [`WINDOW`] edited bytes before the run.
-pub(crate) fn encode_run(
-    edited: &[u8],
-    run: Range<usize>,
-    dict: u32,
-    props: u8,
-    out: &mut Vec<u8>,
-) -> Result<(), String> {
-    let window = WINDOW.min(dict as usize);
-    // The encoder indexes its preset dictionary before it compresses a byte, at about a fifth of
-    // the cost of compressing it; a short run between stored stretches gets a short one, so
-    // indexing never costs more than the run itself.
-    let reach = window.min(run.len().max(MIN_PRESET));
-    let preset = &edited[run.start.saturating_sub(reach)..run.start];
-    let mut lzma = lzma_options(window.max(4096) as u32, props)?;
-    if !preset.is_empty() {
-        lzma.preset_dict = preset.as_ptr();
-        lzma.preset_dict_size = preset.len() as u32;
-    }
-    let filters = lzma2_chain(&mut lzma);
-    let input = &edited[run];
-    // SAFETY: a pure function of its argument. A block's bound covers its LZMA2 data.
-    let bound = unsafe { sys::lzma_block_buffer_bound(input.len()) };
-    let start = out.len();
-    out.try_reserve(bound)
-        .map_err(|_| "out of memory for a rebuilt block".to_string())?;
-    let mut pos = 0usize;
-    // SAFETY: the input pointer and length describe `input`; the output pointer is valid for
-    // `bound` bytes of writes past `start` (reserved above) and liblzma writes only below
-    // `pos`; `filters`, `lzma` and the preset dictionary it points into (`edited`) all outlive
-    // the call, which does not keep them.
-    let ret = unsafe {
-        sys::lzma_raw_buffer_encode(
-            filters.as_ptr(),
-            std::ptr::null(),
-            input.as_ptr(),
-            input.len(),
-            out.as_mut_ptr().add(start),
-            &mut pos,
-            bound,
-        )
-    };
-    if ret != sys::LZMA_OK {
-        return Err(format!(
-            "liblzma could not compress a stretch (error {ret})"
-        ));
-    }
-    // SAFETY: liblzma initialised `pos <= bound` bytes past `start`, within the reservation.
-    unsafe { out.set_len(start + pos) };
-    // The run continues into whatever follows, so its own end marker goes.
-    if out.pop() != Some(0x00) {
-        return Err("liblzma ended an LZMA2 stretch without an end marker".into());
-    }
-    Ok(())
-}
-
 /// The header of an LZMA2 block with dictionary `dict` whose data is `compressed` bytes long
 /// and decodes to `uncompressed` bytes.
 pub(crate) fn block_header(
@@ -149,8 +79,16 @@ pub(crate) fn block_header(
 /// Compress `data` as one xz block at [`PRESET`] with check type `check` (or, when `store`,
 /// as LZMA2 uncompressed chunks); returns the whole block (header to check) and its unpadded
 /// size.
+///
+/// The dictionary is preset 6's 8 MiB or, for less data, the smallest power of two that holds
+/// it: matches cannot reach further anyway, and the encoder's memory and set-up time grow with
+/// its dictionary (about 11 bytes per byte), which counts when many small blocks are encoded.
 pub fn encode_block(data: &[u8], check: u8, store: bool) -> Result<(Vec<u8>, u64), String> {
     let mut lzma2 = preset_options()?;
+    let fits = data.len().max(4096).checked_next_power_of_two();
+    if let Some(fits) = fits.and_then(|n| u32::try_from(n).ok()) {
+        lzma2.dict_size = lzma2.dict_size.min(fits);
+    }
     let mut filters = lzma2_chain(&mut lzma2);
     // SAFETY: an all-zero lzma_block is a valid value; version, check and filters are set below.
     let mut block: sys::lzma_block = unsafe { std::mem::zeroed() };

@@ -18,10 +18,6 @@ impl Chunk {
     pub(crate) fn compressed(&self) -> bool {
         self.control >= 0x80
     }
-
-    pub(crate) fn resets_model(&self) -> bool {
-        self.control >= 0xA0
-    }
 }
 
 pub(crate) fn resets_dictionary(control: u8) -> bool {

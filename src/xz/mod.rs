@@ -5,9 +5,9 @@
 //! on its own. [`XzIndex`] reads those indexes (walking back from the end of the file, stream by
 //! stream); [`XzReader`] decodes only the blocks a read touches and keeps the last few;
 //! [`XzReader::for_each_block`] decodes the whole file on every core, in order, for streaming it
-//! out. [`MtXzReader`] decodes a whole stream from the start, on every core. [`splice`] rebuilds
-//! an edited block keeping the LZMA2 chunks the edit left valid, and [`encode_block`] compresses
-//! one whole; [`stream_header`], [`index_bytes`] and [`stream_footer`] frame a stream of such
+//! out. [`MtXzReader`] decodes a whole stream from the start, on every core. [`layout`] cuts an
+//! edited block into the base's LZMA2 chunks the edit left valid and pieces to compress again,
+//! and [`encode_block`] compresses a piece or a whole block; [`stream_header`], [`index_bytes`] and [`stream_footer`] frame a stream of such
 //! blocks.
 //!
 //! Every length and offset read from the file is checked against the file's size and the format's
@@ -18,7 +18,7 @@
 //!
 //! One job a file: variable-length integers (`vli`), integrity checks (`check`), stream framing
 //! (`stream`), the index (`index`), liblzma's block decoder (`decoder`), the LZMA2 chunk parser
-//! (`lzma2`), the splicer (`splice`), the encoders (`encoder`), the random-access reader
+//! (`lzma2`), the block cutter (`splice`), the encoders (`encoder`), the random-access reader
 //! (`reader`), the streaming multi-threaded reader (`mt`), positioned reads (`pread`) and the
 //! errors (`error`). Nothing outside uses more than what this file exports.
 
@@ -46,5 +46,5 @@ pub(crate) use lzma2::parse as lzma2_chunks;
 pub use mt::MtXzReader;
 pub(crate) use pread::{check_bounds, read_exact_at};
 pub use reader::{DEFAULT_CACHE_BLOCKS, MAX_BLOCK, XzReader};
-pub use splice::{Spliced, splice};
+pub use splice::{COARSE, FINE, Layout, Piece, Prefix, layout};
 pub use stream::{stream_footer, stream_header};

@@ -1,177 +1,235 @@
-//! One edited xz block rebuilt from its base block, keeping the LZMA2 chunks the edit left valid.
+//! An edited xz block rewritten as a run of smaller blocks, so that what several builds of one
+//! base have in common is compressed once.
 //!
-//! An xz block's data is an LZMA2 stream: a run of chunks of at most 2 MiB decoded each. An
-//! uncompressed chunk depends on nothing. A compressed chunk decodes against what came before it:
-//! the dictionary (the block's last `dict` decoded bytes) and, unless its control byte resets it,
-//! the LZMA model (probabilities, recent match distances). So a base chunk whose own bytes the
-//! edit did not change decodes the same inside the edited block when the decoder reaches it in
-//! the state the base's encoder left, which holds when
-//! - it follows a base chunk that was copied too (same model, same dictionary), or
-//! - it resets the model and no byte within `dict` before it changed (same dictionary).
+//! An xz block's data is an LZMA2 stream: chunks of at most 2 MiB decoded each, every compressed
+//! one decoding against the dictionary and model the chunks before it left. The base's chunks
+//! before an edit's first change therefore still decode right as the start of a block, and none
+//! after it can be trusted to: from there on the bytes are compressed again. [`layout`] says how:
+//! - the prefix, the base's chunks before the first change, copied into a block of their own;
+//! - pieces holding the changes, cut on a [`FINE`] grid of the block's offsets;
+//! - pieces of unchanged bytes between them, cut at the changed pieces and on a [`COARSE`] grid.
 //!
-//! Such chunks are copied as they are. Where the base stored chunks uncompressed (its encoder
-//! gained nothing there: random or already-compressed data), the edited bytes are stored the same
-//! way, without running LZMA over them again. Everything else is compressed again, each stretch
-//! as its own LZMA2 run that resets the model and starts from the edited bytes before it as
-//! preset dictionary, so its matches still reach back past the stretch's start.
-//!
-//! Typically the edit touches a few pages of a 24 MiB block: everything before the first change
-//! is copied, and only the rest of the block's compressible data goes through the encoder. The
-//! caller decodes the result and compares it with the edited bytes before using it.
+//! Each piece becomes an xz block of its own (own dictionary, own check), so any decoder reads
+//! the result and it stays randomly accessible. A piece's bounds depend only on where the
+//! changes are and an unchanged piece's bytes only on the base, so builds of one base that
+//! changed the same areas (the workers of a cluster) lay out the same unchanged pieces, and the
+//! caller compresses each of those once for all of them. A piece the base stored uncompressed
+//! (random or already-compressed data) is stored again: LZMA would spend seconds per MiB there
+//! finding nothing. The price of cutting is a little compression, since no match reaches back
+//! past a piece's start; it is paid only on the few blocks an edit touches.
 
 use std::ops::Range;
 
 use super::check::{check_size, check_value};
 use super::decoder::lone_lzma2;
-use super::encoder::{DEFAULT_PROPS, block_header, encode_run};
+use super::encoder::block_header;
 use super::lzma2::{Chunk, parse};
 
-/// Most bytes one uncompressed LZMA2 chunk holds.
-const STORED_CHUNK: usize = 1 << 16;
+/// The grid changed pieces are cut on: small, since every build compresses its own.
+pub const FINE: usize = 32 << 10;
 
-/// A block rebuilt by [`splice`].
-pub struct Spliced {
+/// The largest piece: small enough to compress on every core, large enough to compress well.
+pub const COARSE: usize = 1 << 20;
+
+/// The base's chunks before the first change, as a block of their own.
+pub struct Prefix {
     /// The whole block: header, data, padding and check.
     pub block: Vec<u8>,
     /// Its size without the padding, as the index records it.
     pub unpadded: u64,
-    /// Compressed bytes of base chunks copied as they were.
+    /// Decoded bytes it holds: the edited block's first `len`.
+    pub len: usize,
+    /// Compressed bytes of base chunks it copies.
     pub kept: u64,
-    /// Decoded bytes compressed again.
-    pub encoded: u64,
 }
 
-impl std::fmt::Debug for Spliced {
+impl std::fmt::Debug for Prefix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spliced")
+        f.debug_struct("Prefix")
             .field("block_len", &self.block.len())
             .field("unpadded", &self.unpadded)
+            .field("len", &self.len)
             .field("kept", &self.kept)
-            .field("encoded", &self.encoded)
             .finish()
     }
 }
 
-/// What to write for a stretch of the edited block.
+/// A stretch of the edited block written as a block of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    /// Base chunks `k..l`, copied.
-    Copy(Range<usize>),
-    /// These decoded bytes, as uncompressed chunks.
-    Store(Range<usize>),
-    /// These decoded bytes, compressed again.
-    Encode(Range<usize>),
+pub struct Piece {
+    /// Its bytes, as offsets into the block.
+    pub range: Range<usize>,
+    /// Whether the edit changed any of them (else they are the base's).
+    pub changed: bool,
+    /// Whether to store them uncompressed, as the base did.
+    pub stored: bool,
 }
 
-/// Rebuild the base block `raw` (header to check, check type `check`) so that it decodes to
-/// `edited`, which differs from the base's bytes only within `changed` (sorted, disjoint
-/// ranges). `Ok(None)` when the block is not one this can splice: a filter chain other than a
-/// lone LZMA2, a check type it cannot compute, or an LZMA2 stream that resets its dictionary
-/// mid-way or changes properties. Callers compress such blocks whole.
-pub fn splice(
+/// How an edited block is written: the prefix (if any base chunk could be kept), then the pieces,
+/// which cover the rest of the block in order.
+#[derive(Debug)]
+pub struct Layout {
+    /// The kept base chunks.
+    pub prefix: Option<Prefix>,
+    /// The rest of the block.
+    pub pieces: Vec<Piece>,
+    /// Whether the base block's chunks could be read (a lone LZMA2 filter, a known check).
+    pub read_chunks: bool,
+}
+
+/// Lay out the base block `raw` (header to check, check type `check`) edited into `edited`,
+/// which differs from the base's bytes only within `changed` (sorted, disjoint ranges). A block
+/// whose chunks cannot be read (another filter chain, a check type this cannot compute, an LZMA2
+/// stream that resets its dictionary mid-way) keeps no prefix, and its pieces are stored when
+/// `incompressible`.
+pub fn layout(
     raw: &[u8],
     check: u8,
     edited: &[u8],
     changed: &[Range<usize>],
-) -> Result<Option<Spliced>, String> {
-    let Some((header_size, dict)) = lone_lzma2(raw, check) else {
-        return Ok(None);
+    incompressible: bool,
+) -> Result<Layout, String> {
+    let Some((chunks, lzma2, dict)) = chunks_of(raw, check, edited.len()) else {
+        let pieces = cut(0, edited.len(), changed)
+            .into_iter()
+            .map(|(range, changed)| Piece {
+                range,
+                changed,
+                stored: incompressible,
+            })
+            .collect();
+        return Ok(Layout {
+            prefix: None,
+            pieces,
+            read_chunks: false,
+        });
     };
-    let Some(check_size) = check_size(check) else {
-        return Ok(None);
+    let first = changed
+        .first()
+        .map_or(edited.len(), |c| c.start / FINE * FINE);
+    let keep = chunks.partition_point(|c| c.data.end <= first);
+    let prefix = match keep.checked_sub(1).map(|k| &chunks[k]) {
+        Some(last) => Some(prefix(
+            &lzma2[..last.raw.end],
+            dict,
+            check,
+            &edited[..last.data.end],
+        )?),
+        None => None,
     };
-    // The stream ends with its end marker; up to 3 bytes of padding and the check follow.
-    let Some(lzma2) = raw.get(header_size..raw.len().saturating_sub(check_size)) else {
-        return Ok(None);
-    };
-    let Some((chunks, props)) = parse(lzma2) else {
-        return Ok(None);
-    };
-    if chunks.last().map_or(0, |c| c.data.end) != edited.len() {
-        return Ok(None);
-    }
-    let props = props.unwrap_or(DEFAULT_PROPS);
-    let mut data: Vec<u8> = Vec::new();
-    // Room for the header (at most 1 KiB), padding and check too, so the block is built in this
-    // one buffer: rebuilt blocks are up to 24 MiB and several are in flight at once.
-    data.try_reserve(lzma2.len() + STORED_CHUNK + 1024 + 3 + check_size)
-        .map_err(|_| "out of memory for a rebuilt block".to_string())?;
-    let (mut kept, mut encoded) = (0u64, 0u64);
-    for piece in plan(&chunks, changed, dict as usize) {
-        match piece {
-            Piece::Copy(ks) => {
-                let first = &chunks[ks.start];
-                let span = &lzma2[first.raw.start..chunks[ks.end - 1].raw.end];
-                if first.resets_model() && first.control < 0xC0 {
-                    // The model resets with the properties it last had, and what precedes the
-                    // copy here (stored chunks, say) may not have declared them: declare them.
-                    data.push(0xC0 | (first.control & 0x1F));
-                    data.extend_from_slice(&span[1..5]);
-                    data.push(props);
-                    data.extend_from_slice(&span[5..]);
-                } else {
-                    data.extend_from_slice(span);
-                }
-                kept += span.len() as u64;
+    let from = prefix.as_ref().map_or(0, |p| p.len);
+    let mut pieces = Vec::new();
+    let hit = |r: &Range<usize>| changed.iter().any(|c| c.start < r.end && r.start < c.end);
+    for (range, _) in cut(from, edited.len(), changed) {
+        // Cut again where the base switches between stored and compressed chunks, so what it
+        // stored is stored again and what it compressed is compressed.
+        let mut start = range.start;
+        let first = chunks.partition_point(|c| c.data.end <= range.start);
+        for pair in chunks[first..].windows(2) {
+            let at = pair[1].data.start;
+            if at >= range.end {
+                break;
             }
-            Piece::Store(r) => {
-                for (n, part) in edited[r.clone()].chunks(STORED_CHUNK).enumerate() {
-                    // Only the block's very first chunk resets the (empty) dictionary.
-                    data.push(if r.start == 0 && n == 0 { 1 } else { 2 });
-                    data.extend_from_slice(&((part.len() - 1) as u16).to_be_bytes());
-                    data.extend_from_slice(part);
-                }
-            }
-            Piece::Encode(r) => {
-                encode_run(edited, r.clone(), dict, props, &mut data)?;
-                encoded += r.len() as u64;
+            if pair[0].compressed() != pair[1].compressed() && at > start {
+                pieces.push(Piece {
+                    stored: stored(&chunks, &(start..at)),
+                    changed: hit(&(start..at)),
+                    range: start..at,
+                });
+                start = at;
             }
         }
+        pieces.push(Piece {
+            stored: stored(&chunks, &(start..range.end)),
+            changed: hit(&(start..range.end)),
+            range: start..range.end,
+        });
     }
-    data.push(0x00);
-    let header = block_header(dict, data.len(), edited.len(), check)?;
-    let unpadded = (header.len() + data.len() + check_size) as u64;
-    let mut block = data;
-    block.splice(0..0, header);
-    block.resize(block.len().next_multiple_of(4), 0);
-    block.extend_from_slice(&check_value(check, edited));
-    Ok(Some(Spliced {
-        block,
-        unpadded,
-        kept,
-        encoded,
-    }))
-}
-/// Whether any of `changed` (sorted, disjoint) overlaps `r`.
-fn hit(changed: &[Range<usize>], r: Range<usize>) -> bool {
-    let i = changed.partition_point(|c| c.end <= r.start);
-    !r.is_empty() && changed.get(i).is_some_and(|c| c.start < r.end)
+    Ok(Layout {
+        prefix,
+        pieces,
+        read_chunks: true,
+    })
 }
 
-/// What to write for each stretch of the edited block (see the module documentation), with
-/// neighbouring pieces of one kind merged.
-fn plan(chunks: &[Chunk], changed: &[Range<usize>], dict: usize) -> Vec<Piece> {
-    let mut pieces: Vec<Piece> = Vec::new();
-    for (k, c) in chunks.iter().enumerate() {
-        let piece = if !c.compressed() {
-            Piece::Store(c.data.clone())
-        } else {
-            let clean = !hit(changed, c.data.clone());
-            let follows_copy = matches!(pieces.last(), Some(Piece::Copy(r)) if r.end == k);
-            let window = c.data.start.saturating_sub(dict)..c.data.start;
-            let fresh = c.resets_model() && !hit(changed, window);
-            if clean && (follows_copy || fresh) {
-                Piece::Copy(k..k + 1)
-            } else {
-                Piece::Encode(c.data.clone())
+/// The chunks of a lone-LZMA2 block decoding to `len` bytes, its LZMA2 stream and dictionary.
+fn chunks_of(raw: &[u8], check: u8, len: usize) -> Option<(Vec<Chunk>, &[u8], u32)> {
+    let (header_size, dict) = lone_lzma2(raw, check)?;
+    let check_size = check_size(check)?;
+    // The stream ends with its end marker; up to 3 bytes of padding and the check follow.
+    let lzma2 = raw.get(header_size..raw.len().saturating_sub(check_size))?;
+    let (chunks, _) = parse(lzma2)?;
+    (chunks.last().map_or(0, |c| c.data.end) == len).then_some((chunks, lzma2, dict))
+}
+
+/// A block of the LZMA2 chunks `kept` (a prefix of the base's stream), which decode to `data`.
+fn prefix(kept: &[u8], dict: u32, check: u8, data: &[u8]) -> Result<Prefix, String> {
+    let check_size = check_size(check).unwrap_or(0);
+    let header = block_header(dict, kept.len() + 1, data.len(), check)?;
+    let mut block: Vec<u8> = Vec::new();
+    block
+        .try_reserve(header.len() + kept.len() + 4 + check_size)
+        .map_err(|_| "out of memory for a rebuilt block".to_string())?;
+    block.extend_from_slice(&header);
+    block.extend_from_slice(kept);
+    // The end marker: any prefix of a valid chunk sequence is a valid stream once it ends.
+    block.push(0x00);
+    let unpadded = (block.len() + check_size) as u64;
+    block.resize(block.len().next_multiple_of(4), 0);
+    block.extend_from_slice(&check_value(check, data));
+    Ok(Prefix {
+        block,
+        unpadded,
+        len: data.len(),
+        kept: kept.len() as u64,
+    })
+}
+
+/// Whether every base chunk overlapping `r` was stored uncompressed.
+fn stored(chunks: &[Chunk], r: &Range<usize>) -> bool {
+    let first = chunks.partition_point(|c| c.data.end <= r.start);
+    chunks[first..]
+        .iter()
+        .take_while(|c| c.data.start < r.end)
+        .all(|c| !c.compressed())
+}
+
+/// `from..len` cut into pieces (see the module documentation), each with whether any of
+/// `changed` (sorted, disjoint) overlaps it.
+fn cut(from: usize, len: usize, changed: &[Range<usize>]) -> Vec<(Range<usize>, bool)> {
+    let up = |at: usize, grid: usize| (at / grid + 1) * grid;
+    let mut pieces = Vec::new();
+    let (mut pos, mut next) = (from, 0usize);
+    while pos < len {
+        // `next`: the first change that ends after `pos`.
+        while changed.get(next).is_some_and(|c| c.end <= pos) {
+            next += 1;
+        }
+        let limit = up(pos, COARSE).min(len);
+        let hit = changed.get(next).map(|c| c.start.max(pos));
+        let end = match hit {
+            Some(at) if at < up(pos, FINE) => {
+                // Changed: this unit and every following one a change reaches, up to `limit`.
+                let mut end = up(pos, FINE);
+                loop {
+                    while changed.get(next).is_some_and(|c| c.end <= end) {
+                        next += 1;
+                    }
+                    match changed.get(next) {
+                        Some(c) if end < limit && c.start < end + FINE => end += FINE,
+                        _ => break,
+                    }
+                }
+                pieces.push((pos..end.min(limit), true));
+                end.min(limit)
+            }
+            _ => {
+                let end = hit.map_or(limit, |at| (at / FINE * FINE).min(limit));
+                pieces.push((pos..end, false));
+                end
             }
         };
-        match (pieces.last_mut(), piece) {
-            (Some(Piece::Copy(a)), Piece::Copy(b)) if a.end == b.start => a.end = b.end,
-            (Some(Piece::Store(a)), Piece::Store(b)) => a.end = b.end,
-            (Some(Piece::Encode(a)), Piece::Encode(b)) => a.end = b.end,
-            (_, piece) => pieces.push(piece),
-        }
+        pos = end;
     }
     pieces
 }
@@ -179,7 +237,7 @@ fn plan(chunks: &[Chunk], changed: &[Range<usize>], dict: usize) -> Vec<Piece> {
 #[cfg(test)]
 mod tests {
     use super::super::decoder::decode_raw;
-    use super::super::encoder::{lzma_options, lzma2_chain};
+    use super::super::encoder::{DEFAULT_PROPS, encode_block, lzma_options, lzma2_chain};
     use super::super::index::{XzBlock, index_bytes};
     use super::super::lzma2::resets_dictionary;
     use super::super::stream::{stream_footer, stream_header};
@@ -287,25 +345,6 @@ mod tests {
         (edited, merged)
     }
 
-    fn decoded(s: &Spliced, len: usize, check: u8) -> Vec<u8> {
-        let b = XzBlock {
-            file_offset: 0,
-            total_size: s.block.len() as u64,
-            unpadded_size: s.unpadded,
-            uncompressed_offset: 0,
-            uncompressed_size: len as u64,
-        };
-        decode_raw(&s.block, &b, 0, check).expect("the spliced block decodes")
-    }
-
-    fn chunk(control: u8, data: Range<usize>) -> Chunk {
-        Chunk {
-            control,
-            raw: data.clone(),
-            data,
-        }
-    }
-
     #[test]
     fn parse_reads_the_chunks_liblzma_writes() {
         let data = sample(3 << 20, 7);
@@ -329,59 +368,181 @@ mod tests {
         assert_eq!(parse(&lzma2[..last.raw.end - 1]), None, "truncated");
     }
 
+    /// The blocks `l` lays out for `edited`, pieces encoded: (block, unpadded, decoded length).
+    fn blocks(l: &Layout, edited: &[u8], check: u8) -> Vec<(Vec<u8>, u64, usize)> {
+        let mut out = Vec::new();
+        if let Some(p) = &l.prefix {
+            out.push((p.block.clone(), p.unpadded, p.len));
+        }
+        for piece in &l.pieces {
+            let (b, u) = encode_block(&edited[piece.range.clone()], check, piece.stored).unwrap();
+            out.push((b, u, piece.range.len()));
+        }
+        out
+    }
+
+    /// Each block decoded on its own by our decoder, concatenated.
+    fn decoded(blocks: &[(Vec<u8>, u64, usize)], check: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, (block, unpadded, len)) in blocks.iter().enumerate() {
+            let b = XzBlock {
+                file_offset: 0,
+                total_size: block.len() as u64,
+                unpadded_size: *unpadded,
+                uncompressed_offset: 0,
+                uncompressed_size: *len as u64,
+            };
+            out.extend(decode_raw(block, &b, k, check).expect("every laid-out block decodes"));
+        }
+        out
+    }
+
+    /// The pieces cover `from..len` in order, without gaps.
+    fn covers(l: &Layout, len: usize) {
+        let mut at = l.prefix.as_ref().map_or(0, |p| p.len);
+        for p in &l.pieces {
+            assert_eq!(p.range.start, at, "{l:?}");
+            assert!(p.range.len() <= COARSE, "{p:?}");
+            at = p.range.end;
+        }
+        assert_eq!(at, len, "{l:?}");
+    }
+
     #[test]
     #[allow(clippy::single_range_in_vec_init)] // one changed range is the common case
-    fn plan_keeps_the_chunks_the_edit_left_valid() {
-        let chunks = [
-            chunk(0xE0, 0..100),
-            chunk(0x80, 100..200),
-            chunk(0x02, 200..300),
-            chunk(0xA0, 300..400),
-            chunk(0x80, 400..500),
-            chunk(0x80, 500..600),
-        ];
-        use Piece::*;
-        let plan = |changed: &[Range<usize>]| super::plan(&chunks, changed, 150);
-        assert_eq!(plan(&[]), [Copy(0..2), Store(200..300), Copy(3..6)]);
-        // The model reset at 300 looks back to 150: a change before that does not matter.
+    fn pieces_fall_on_the_grids_and_only_changed_ones_are_marked() {
+        let (f, c) = (FINE, COARSE);
+        let len = 3 * c + 100;
         assert_eq!(
-            plan(&[120..121]),
-            [Copy(0..1), Encode(100..200), Store(200..300), Copy(3..6)]
-        );
-        // One within the window does, and what follows an encoded chunk is encoded too.
-        assert_eq!(
-            plan(&[150..151]),
-            [
-                Copy(0..1),
-                Encode(100..200),
-                Store(200..300),
-                Encode(300..600)
+            cut(0, len, &[]),
+            vec![
+                (0..c, false),
+                (c..2 * c, false),
+                (2 * c..3 * c, false),
+                (3 * c..len, false)
             ]
         );
+        // One byte changed: its fine unit alone, the rest on the coarse grid.
         assert_eq!(
-            plan(&[250..251]),
-            [Copy(0..2), Store(200..300), Encode(300..600)]
-        );
-        assert_eq!(
-            plan(&[450..451]),
-            [Copy(0..2), Store(200..300), Copy(3..4), Encode(400..600)]
-        );
-        assert_eq!(
-            plan(&[0..1, 599..600]),
-            [
-                Encode(0..200),
-                Store(200..300),
-                Copy(3..5),
-                Encode(500..600)
+            cut(0, 2 * c, &[5 * f + 3..5 * f + 4]),
+            vec![
+                (0..5 * f, false),
+                (5 * f..6 * f, true),
+                (6 * f..c, false),
+                (c..2 * c, false)
             ]
+        );
+        // Changes in neighbouring units share a piece; one unit apart they do not.
+        assert_eq!(
+            cut(
+                0,
+                c,
+                &[f - 1..f + 1, 2 * f + 7..2 * f + 8, 4 * f..4 * f + 1]
+            ),
+            vec![
+                (0..3 * f, true),
+                (3 * f..4 * f, false),
+                (4 * f..5 * f, true),
+                (5 * f..c, false)
+            ]
+        );
+        // A change across the coarse grid is cut there; a start off the grid is kept.
+        assert_eq!(
+            cut(c - f - 10, 2 * c, &[c - 1..c + 1]),
+            vec![
+                (c - f - 10..c - f, false),
+                (c - f..c, true),
+                (c..c + f, true),
+                (c + f..2 * c, false)
+            ]
+        );
+        assert_eq!(cut(7, 7, &[0..1]), vec![]);
+        assert_eq!(
+            cut(10, 20, &[0..15]),
+            vec![(10..20, true)],
+            "the partial last unit"
         );
     }
 
-    /// Wrap one block in an xz stream and decode it with the `xz` program.
-    fn xz_decodes(s: &Spliced, len: usize, check: u8) -> Vec<u8> {
-        let index = index_bytes(&[(s.unpadded, len as u64)]);
+    #[test]
+    fn laid_out_blocks_decode_with_xz_for_every_check_type() {
+        let data = sample(4 << 20, 11);
+        let edits = [(1 << 20, 4096), (2 << 20, 1), ((3 << 20) + 5, 300)];
+        let (edited, changed) = edit(&data, &edits);
+        for check in [0, 1, 4, 10] {
+            let (block, _) = encode(&data, 1 << 20, check, false);
+            let l = layout(&block, check, &edited, &changed, false).unwrap();
+            covers(&l, edited.len());
+            assert!(l.read_chunks);
+            // Everything before the first change's unit is kept, in at least one chunk.
+            let p = l.prefix.as_ref().expect("a prefix");
+            assert!(p.kept > 0 && p.len <= 1 << 20, "{p:?}");
+            let blocks = blocks(&l, &edited, check);
+            assert!(xz_decodes(&blocks, check) == edited, "check {check}");
+            // Unchanged pieces hold the base's bytes, and changed ones are few and small.
+            for piece in &l.pieces {
+                if !piece.changed {
+                    assert!(data[piece.range.clone()] == edited[piece.range.clone()]);
+                }
+            }
+            let changed_bytes: usize = l
+                .pieces
+                .iter()
+                .filter(|p| p.changed)
+                .map(|p| p.range.len())
+                .sum();
+            assert!(changed_bytes <= 4 * FINE, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn what_the_base_stored_is_stored_again() {
+        // sample() mixes text, random runs (which LZMA2 stores) and zeros.
+        let data = sample(3 << 20, 7);
+        let (block, unpadded) = encode(&data, 1 << 20, CRC64, false);
+        let (header, _) = lone_lzma2(&block, CRC64).unwrap();
+        let (chunks, _) = parse(&block[header..unpadded as usize - 8]).unwrap();
+        let (edited, changed) = edit(&data, &[(10, 1)]);
+        let l = layout(&block, CRC64, &edited, &changed, false).unwrap();
+        assert!(l.prefix.is_none(), "the change is in the first chunk");
+        assert!(l.pieces.iter().any(|p| p.stored), "{l:?}");
+        assert!(l.pieces.iter().any(|p| !p.stored), "{l:?}");
+        for p in l.pieces.iter().filter(|p| p.stored) {
+            for c in chunks
+                .iter()
+                .filter(|c| c.data.start < p.range.end && p.range.start < c.data.end)
+            {
+                assert!(!c.compressed(), "{p:?} overlaps compressed {c:?}");
+            }
+        }
+        assert_eq!(decoded(&blocks(&l, &edited, CRC64), CRC64), edited);
+    }
+
+    #[test]
+    fn blocks_with_other_filters_keep_no_chunk_but_still_lay_out() {
+        let data = sample(1 << 20, 5);
+        let (block, _) = encode(&data, 1 << 20, CRC64, true);
+        let (edited, changed) = edit(&data, &[(200_000, 10)]);
+        for incompressible in [false, true] {
+            let l = layout(&block, CRC64, &edited, &changed, incompressible).unwrap();
+            assert!(!l.read_chunks && l.prefix.is_none());
+            covers(&l, edited.len());
+            assert!(l.pieces.iter().all(|p| p.stored == incompressible));
+            assert_eq!(decoded(&blocks(&l, &edited, CRC64), CRC64), edited);
+        }
+        let l = layout(&[], CRC64, &edited, &changed, false).unwrap();
+        assert!(!l.read_chunks);
+        covers(&l, edited.len());
+    }
+
+    /// Wrap blocks in one xz stream and decode it with the `xz` program.
+    fn xz_decodes(blocks: &[(Vec<u8>, u64, usize)], check: u8) -> Vec<u8> {
+        let records: Vec<(u64, u64)> = blocks.iter().map(|(_, u, l)| (*u, *l as u64)).collect();
+        let index = index_bytes(&records);
         let mut file = stream_header(check).to_vec();
-        file.extend_from_slice(&s.block);
+        for (b, _, _) in blocks {
+            file.extend_from_slice(b);
+        }
         file.extend_from_slice(&index);
         file.extend_from_slice(&stream_footer(check, index.len() as u64).unwrap());
         let mut xz = Command::new("xz")
@@ -394,68 +555,15 @@ mod tests {
         let feeder = std::thread::spawn(move || stdin.write_all(&file));
         let out = xz.wait_with_output().unwrap();
         feeder.join().unwrap().unwrap();
-        assert!(out.status.success(), "xz rejects the spliced block");
+        assert!(out.status.success(), "xz rejects the laid-out blocks");
         out.stdout
-    }
-
-    #[test]
-    fn spliced_blocks_decode_with_xz_for_every_check_type() {
-        let data = sample(4 << 20, 11);
-        let edits = [(1 << 20, 4096), (2 << 20, 1), ((3 << 20) + 5, 300)];
-        let (edited, changed) = edit(&data, &edits);
-        for check in [0, 1, 4, 10] {
-            let (block, _) = encode(&data, 1 << 20, check, false);
-            let s = splice(&block, check, &edited, &changed).unwrap().unwrap();
-            assert!(
-                xz_decodes(&s, edited.len(), check) == edited,
-                "check {check}"
-            );
-            // Everything before the first change is kept, and far from all of it is encoded.
-            assert!(s.kept > 0, "{s:?}");
-            assert!(s.encoded < (3 << 20), "{s:?}");
-        }
-    }
-
-    #[test]
-    fn a_model_reset_far_enough_after_the_last_change_resumes_copying() {
-        // A small dictionary lets the base's resets after stored stretches be reused.
-        let data = sample(4 << 20, 3);
-        let (block, unpadded) = encode(&data, 64 << 10, CRC64, false);
-        let (edited, changed) = edit(&data, &[(100_000, 10)]);
-        let s = splice(&block, CRC64, &edited, &changed).unwrap().unwrap();
-        assert_eq!(xz_decodes(&s, edited.len(), CRC64), edited);
-
-        let (header, _) = lone_lzma2(&block, CRC64).unwrap();
-        let (chunks, _) = parse(&block[header..unpadded as usize - 8]).unwrap();
-        let pieces = plan(&chunks, &changed, 64 << 10);
-        let first_encode = pieces.iter().position(|p| matches!(p, Piece::Encode(_)));
-        let copies_after = pieces[first_encode.unwrap()..]
-            .iter()
-            .filter(|p| matches!(p, Piece::Copy(_)))
-            .count();
-        assert!(copies_after > 0, "{pieces:?}");
-        let compressible: usize = chunks
-            .iter()
-            .filter(|c| c.compressed() && c.data.end > 100_000)
-            .map(|c| c.data.len())
-            .sum();
-        assert!((s.encoded as usize) < compressible / 2, "{s:?}");
-    }
-
-    #[test]
-    fn blocks_with_other_filters_are_left_to_the_caller() {
-        let data = sample(1 << 20, 5);
-        let (block, _) = encode(&data, 1 << 20, CRC64, true);
-        let (edited, changed) = edit(&data, &[(10, 10)]);
-        assert!(splice(&block, CRC64, &edited, &changed).unwrap().is_none());
-        assert!(splice(&[], CRC64, &edited, &changed).unwrap().is_none());
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
 
         #[test]
-        fn any_edit_splices_to_a_block_that_decodes_to_it(
+        fn any_edit_lays_out_to_blocks_that_decode_to_it(
             seed in 1u64..1000,
             dict_kib in prop::sample::select(vec![64u32, 256, 1024]),
             edits in prop::collection::vec((0usize..(1 << 20), 1usize..20_000), 1..5),
@@ -463,8 +571,16 @@ mod tests {
             let data = sample(1 << 20, seed);
             let (block, _) = encode(&data, dict_kib << 10, CRC64, false);
             let (edited, changed) = edit(&data, &edits);
-            let s = splice(&block, CRC64, &edited, &changed).unwrap().unwrap();
-            prop_assert!(decoded(&s, edited.len(), CRC64) == edited);
+            let l = layout(&block, CRC64, &edited, &changed, false).unwrap();
+            covers(&l, edited.len());
+            if let Some(p) = &l.prefix {
+                prop_assert!(p.len <= changed[0].start);
+            }
+            for piece in &l.pieces {
+                let hit = changed.iter().any(|c| c.start < piece.range.end && piece.range.start < c.end);
+                prop_assert_eq!(piece.changed, hit, "{:?}", piece);
+            }
+            prop_assert!(decoded(&blocks(&l, &edited, CRC64), CRC64) == edited);
         }
     }
 }

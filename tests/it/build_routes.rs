@@ -86,25 +86,28 @@ fn every_route_gives_the_raw_route_s_bytes_on_every_fixture() {
         assert_eq!(route(&m), "full");
         let want = sha256(&reference);
 
-        // .img.xz -> .img.xz: decodes to the same image, keeps the base's block layout, and
-        // re-encodes only some blocks.
+        // .img.xz -> .img.xz: decodes to the same image, keeps every base block boundary (the
+        // touched blocks are cut into smaller ones), and re-encodes only some blocks.
         let patched = d.join("out.img.xz");
         let m = build_ok(d, &xz_base, &patched);
         assert_eq!(route(&m), "xz-patch", "{release}");
         assert_eq!(m["inputs"]["base"]["access"]["kind"], "xz-blocks");
         assert_eq!(xz_sha(&patched), want, "{release}: patched .xz differs");
         let base_blocks = xz_blocks(&xz_base);
-        assert!(
-            xz_blocks(&patched) == base_blocks,
-            "{release}: the block layout changed"
-        );
+        let out_blocks = xz_blocks(&patched);
+        for b in &base_blocks {
+            assert!(
+                out_blocks.iter().any(|o| o.0 == b.0),
+                "{release}: no output block starts where base block {b:?} does"
+            );
+        }
         let r = &m["outputs"][0]["route"];
         let reencoded = r["reencoded"].as_u64().unwrap();
         assert!(
             reencoded > 0 && reencoded < base_blocks.len() as u64 / 2,
             "{r}"
         );
-        // Blocks xz wrote are spliced, never compressed whole, and only part of each is
+        // Blocks xz wrote keep their chunks before the first change, and only part of each is
         // compressed again.
         assert_eq!(r["whole"], 0, "{r}");
         let block_size = base_blocks[0].1;

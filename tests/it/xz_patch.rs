@@ -1,7 +1,8 @@
 //! `.img.xz` written from an `.img.xz` base by compressing only the blocks that changed, judged
 //! by the system's `xz`: the output tests clean, decodes to the base with the edits applied, keeps
-//! the base's block layout and check type, carries untouched blocks over byte for byte, is the
-//! same on every run, and a damaged block the edits touch fails the write without leaving a file.
+//! every base block boundary and the check type, carries untouched blocks over byte for byte, is
+//! the same on every run and whether its pieces were compressed by it or by an earlier build that
+//! shared them, and a damaged block the edits touch fails the write without leaving a file.
 
 use crate::common;
 use crate::common::{ListedBlock, xz_list};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use pibake::disk::xz::DEFAULT_CACHE_BLOCKS;
 use pibake::disk::{CowDisk, XzDev, XzIndex};
-use pibake::output::xz_patch::{Patched, write_patched};
+use pibake::output::xz_patch::{Patched, Pieces, write_patched};
 use pibake::progress::{Progress, Silent};
 
 const MIB: u64 = 1 << 20;
@@ -36,9 +37,36 @@ fn xz_ok(args: &[&str], path: &Path) -> Vec<u8> {
     o.stdout
 }
 
-/// What must not change when blocks are recompressed.
-fn layout(b: &ListedBlock) -> (u64, u64, String) {
-    (b.uncompressed_offset, b.uncompressed_size, b.check.clone())
+/// Every base block boundary is one in the output, and the check type is the base's: the output
+/// is the base with some blocks cut into smaller ones.
+fn refines(base: &[ListedBlock], out: &[ListedBlock]) {
+    let starts: Vec<u64> = out.iter().map(|b| b.uncompressed_offset).collect();
+    for b in base {
+        assert!(
+            starts.contains(&b.uncompressed_offset),
+            "base block at {} has no output block starting there: {starts:?}",
+            b.uncompressed_offset
+        );
+    }
+    let end = |v: &[ListedBlock]| {
+        v.last()
+            .map(|b| b.uncompressed_offset + b.uncompressed_size)
+    };
+    assert_eq!(end(base), end(out));
+    for pair in out.windows(2) {
+        assert_eq!(
+            pair[0].uncompressed_offset + pair[0].uncompressed_size,
+            pair[1].uncompressed_offset
+        );
+    }
+    assert!(out.iter().all(|b| b.check == base[0].check), "check type");
+}
+
+/// The output block holding the same decoded range as `b`, if there is one.
+fn same_range<'a>(b: &ListedBlock, out: &'a [ListedBlock]) -> Option<&'a ListedBlock> {
+    out.iter().find(|o| {
+        o.uncompressed_offset == b.uncompressed_offset && o.uncompressed_size == b.uncompressed_size
+    })
 }
 
 /// The first MiBs of the bookworm fixture (MBR and the start of the FAT partition, some of it
@@ -131,7 +159,7 @@ fn only_touched_blocks_are_reencoded_and_xz_agrees() {
     let out = dir.path().join("out.img.xz");
     let steps = Steps::default();
     let before = dev.blocks_decoded();
-    let p: Patched = write_patched(&dev, &disk, &out, 2, &steps).unwrap();
+    let p: Patched = write_patched(&dev, &disk, &out, 2, None, &steps).unwrap();
     // Every touched block was already cached by the writes; the one fresh decode each is the
     // integrity check, and no untouched block was decoded at all.
     assert_eq!(dev.blocks_decoded() - before, touched.len() as u64);
@@ -143,13 +171,11 @@ fn only_touched_blocks_are_reencoded_and_xz_agrees() {
         "xz -dc differs from the edited image"
     );
 
-    // Same layout and check as the base, one stream.
+    // The base's boundaries and check, one stream; touched blocks cut into smaller ones.
     let (out_blocks, out_streams) = xz_list(&out);
     assert_eq!(out_streams, 1);
-    assert_eq!(out_blocks.len(), base_blocks.len());
-    for (b, o) in base_blocks.iter().zip(&out_blocks) {
-        assert_eq!(layout(b), layout(o), "uncompressed layout or check");
-    }
+    refines(&base_blocks, &out_blocks);
+    assert!(out_blocks.len() > base_blocks.len());
     assert_eq!(
         out_blocks
             .iter()
@@ -177,10 +203,11 @@ fn only_touched_blocks_are_reencoded_and_xz_agrees() {
     let base_bytes = std::fs::read(&base_path).unwrap();
     let out_bytes = std::fs::read(&out).unwrap();
     let mut copied = 0;
-    for (i, (b, o)) in base_blocks.iter().zip(&out_blocks).enumerate() {
+    for (i, b) in base_blocks.iter().enumerate() {
         if touched.contains(&i) {
             continue;
         }
+        let o = same_range(b, &out_blocks).expect("an untouched block stays whole");
         assert!(
             b.bytes(&base_bytes) == o.bytes(&out_bytes),
             "untouched block {i} was not copied verbatim"
@@ -188,11 +215,13 @@ fn only_touched_blocks_are_reencoded_and_xz_agrees() {
         copied += b.total_size;
     }
 
-    assert_eq!(p.blocks, 9);
+    assert_eq!(p.base_blocks, 9);
+    assert_eq!(p.blocks, out_blocks.len());
     assert_eq!(p.reencoded, touched.len());
+    assert_eq!(p.reused, 0, "nothing to reuse without a shared Pieces");
     // Copied: the untouched blocks, plus any LZMA2 chunks kept inside the rebuilt ones.
     assert!(p.copied_bytes >= copied, "{} < {copied}", p.copied_bytes);
-    assert_eq!(p.whole, 0, "xz's own blocks are always spliced");
+    assert_eq!(p.whole, 0, "xz's own blocks always have chunks to keep");
     assert_eq!(p.raw_bytes, len);
     assert_eq!(p.bytes, out_bytes.len() as u64);
     assert_eq!(p.sha256, common::sha256(&out));
@@ -206,7 +235,7 @@ fn only_touched_blocks_are_reencoded_and_xz_agrees() {
 
     // Same inputs, other thread count: the same bytes.
     let again = dir.path().join("again.img.xz");
-    let q = write_patched(&dev, &disk, &again, 1, &Silent).unwrap();
+    let q = write_patched(&dev, &disk, &again, 1, None, &Silent).unwrap();
     assert_eq!(q.sha256, p.sha256);
     no_partial_files(dir.path());
 }
@@ -217,7 +246,7 @@ fn unchanged_content_is_copied_and_the_base_comes_back_bit_for_bit() {
     let (model, base_path) = base_in(dir.path());
     let (dev, disk) = open(&base_path, DEFAULT_CACHE_BLOCKS);
     let untouched = dir.path().join("same.img.xz");
-    let p = write_patched(&dev, &disk, &untouched, 2, &Silent).unwrap();
+    let p = write_patched(&dev, &disk, &untouched, 2, None, &Silent).unwrap();
     assert_eq!(p.reencoded, 0);
     // A single-stream xz file's header, index and footer are determined by its blocks, so
     // copying every block reproduces the base file exactly.
@@ -231,7 +260,7 @@ fn unchanged_content_is_copied_and_the_base_comes_back_bit_for_bit() {
     .unwrap();
     assert!(!disk.changed_chunks().is_empty());
     let rewritten = dir.path().join("rewritten.img.xz");
-    let q = write_patched(&dev, &disk, &rewritten, 2, &Silent).unwrap();
+    let q = write_patched(&dev, &disk, &rewritten, 2, None, &Silent).unwrap();
     assert_eq!(q.reencoded, 0);
     assert_eq!(q.sha256, p.sha256);
 }
@@ -258,7 +287,7 @@ fn damage_in_a_touched_block_fails_the_write_and_leaves_nothing() {
     dev.read_at(0, &mut evict).unwrap();
 
     let out = dir.path().join("out.img.xz");
-    let e = write_patched(&dev, &disk, &out, 2, &Silent).unwrap_err();
+    let e = write_patched(&dev, &disk, &out, 2, None, &Silent).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("xz block 5"), "{msg}");
     assert!(
@@ -277,7 +306,7 @@ fn damage_in_an_untouched_block_is_carried_over_as_it_was() {
     apply(&disk, &mut model, &[(100, 5)]);
     damage(&base_path, 4);
     let out = dir.path().join("out.img.xz");
-    let p = write_patched(&dev, &disk, &out, 2, &Silent).unwrap();
+    let p = write_patched(&dev, &disk, &out, 2, None, &Silent).unwrap();
     assert_eq!(p.reencoded, 1);
     // Documented trade-off: block 4 is copied undecoded, with its original check, so the
     // damage stays exactly as detectable as in the base.
@@ -285,7 +314,8 @@ fn damage_in_an_untouched_block_is_carried_over_as_it_was() {
     let (out_blocks, _) = xz_list(&out);
     let out_bytes = std::fs::read(&out).unwrap();
     let base_bytes = std::fs::read(&base_path).unwrap();
-    assert!(out_blocks[4].bytes(&out_bytes) == base_blocks[4].bytes(&base_bytes));
+    let o = same_range(&base_blocks[4], &out_blocks).unwrap();
+    assert!(o.bytes(&out_bytes) == base_blocks[4].bytes(&base_bytes));
     assert!(!xz(&["-t"], &base_path).status.success());
     assert!(!xz(&["-t"], &out).status.success());
 }
@@ -333,7 +363,7 @@ fn other_checks_and_concatenated_streams_are_kept_as_one_stream() {
         let (dev, disk) = open(&base_path, 2);
         apply(&disk, &mut model, &[(199_990, 20), (300_000, 1)]);
         let out = dir.path().join(format!("{check}.out.xz"));
-        let p = write_patched(&dev, &disk, &out, 3, &Silent).unwrap();
+        let p = write_patched(&dev, &disk, &out, 3, None, &Silent).unwrap();
         assert_eq!(p.reencoded, 3, "{check}: blocks 3, 4 and 5");
         if check != "none" {
             xz_ok(&["-t"], &out);
@@ -341,8 +371,7 @@ fn other_checks_and_concatenated_streams_are_kept_as_one_stream() {
         assert!(xz_ok(&["-dc"], &out) == model, "{check}: xz -dc differs");
         let (out_blocks, out_streams) = xz_list(&out);
         assert_eq!(out_streams, 1, "{check}");
-        let layouts = |v: &[ListedBlock]| v.iter().map(layout).collect::<Vec<_>>();
-        assert_eq!(layouts(&out_blocks), layouts(&base_blocks), "{check}");
+        refines(&base_blocks, &out_blocks);
     }
 }
 
@@ -372,9 +401,61 @@ fn blocks_with_a_filter_before_lzma2_are_compressed_whole_and_still_decode_right
     let (dev, disk) = open(&base_path, 2);
     apply(&disk, &mut model, &[(140_000, 10)]);
     let out = dir.path().join("x86.out.xz");
-    let p = write_patched(&dev, &disk, &out, 2, &Silent).unwrap();
+    let p = write_patched(&dev, &disk, &out, 2, None, &Silent).unwrap();
     assert_eq!((p.reencoded, p.whole), (1, 1));
     xz_ok(&["-t"], &out);
     assert!(xz_ok(&["-dc"], &out) == model, "xz -dc differs");
-    assert_eq!(xz_list(&out).0.len(), xz_list(&base_path).0.len());
+    refines(&xz_list(&base_path).0, &xz_list(&out).0);
+}
+
+#[test]
+fn builds_sharing_pieces_compress_what_they_have_in_common_once_and_write_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, base_path) = base_in(dir.path());
+    let dev = Arc::new(XzDev::open(&base_path, 2).unwrap());
+    let pieces = Pieces::default();
+    // Two "nodes" editing the same places with different bytes, as a cluster's workers do.
+    let edits = [
+        (3 * MIB + 20480, 300),
+        (3 * MIB + 700_000, 10),
+        (5 * MIB + 9, 4),
+    ];
+    let mut written = Vec::new();
+    for node in 0..2u8 {
+        let disk = CowDisk::new(dev.clone());
+        let mut model = raw.clone();
+        for &(at, n) in &edits {
+            let bytes: Vec<u8> = (0..n).map(|k| (k as u8) ^ node ^ 0x5A).collect();
+            disk.write_at(at, &bytes).unwrap();
+            model[at as usize..at as usize + n].copy_from_slice(&bytes);
+        }
+        let shared = dir.path().join(format!("shared{node}.img.xz"));
+        let p = write_patched(&dev, &disk, &shared, 2, Some(&pieces), &Silent).unwrap();
+        let alone = dir.path().join(format!("alone{node}.img.xz"));
+        let q = write_patched(&dev, &disk, &alone, 2, None, &Silent).unwrap();
+        assert_eq!(p.sha256, q.sha256, "node {node}: sharing changed the bytes");
+        assert!(
+            xz_ok(&["-dc"], &shared) == model,
+            "node {node}: xz -dc differs"
+        );
+        xz_ok(&["-t"], &shared);
+        written.push(p);
+    }
+    let (first, second) = (&written[0], &written[1]);
+    assert_eq!(first.reused, 0);
+    assert!(first.compressed_again > 0);
+    // The second compresses only the pieces holding its own changes, and takes the rest.
+    assert!(second.reused > 0, "{second:?}");
+    assert!(
+        second.compressed_again < first.compressed_again / 4,
+        "{first:?} {second:?}"
+    );
+    assert_eq!(
+        second.compressed_again + second.reused,
+        first.compressed_again
+    );
+    assert!(
+        second.compressed_again <= 3 * pibake::xz::FINE as u64,
+        "{second:?}"
+    );
 }
